@@ -1,0 +1,7 @@
+"""ebt-policy: energy-based transformer policies for robot learning."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,1 @@
+"""ebt_policy.datasets"""
