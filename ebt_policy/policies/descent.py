@@ -1,0 +1,298 @@
+"""Energy descent: the optimiser that minimises E_theta(obs, chunk) over the chunk.
+
+One module, used by training (unrolled, second order) and by inference (first order, adaptive
+stopping), so the two cannot drift apart. One step, exactly as method.md:
+
+1. ``x = stopgrad(x_i)``, divided by its RMS per sample (``rms_norm="sample"``), by the RMS of the
+   whole batch (``"batch"``: the reference code's variant, which couples batch elements; kept as an
+   ablation) or not at all (``"none"``).
+2. Training only: Langevin noise ``sigma_i * N(0, I)``, sigma cosine-annealed over the N steps from
+   ``sigma_max`` down to ``sigma_min``.
+3. Nesterov look-ahead ``x_look = x + mu * v_i``.
+4. ``E = E_theta(x_look)`` per sample; step size ``alpha_i = alpha * clamp(exp(E)) / T`` per sample,
+   times a random factor in ``[1/s, s]`` in training.
+5. ``g = dE/dx_look`` (``create_graph`` in training only); NaN/Inf raises with the step index.
+6. ``v_{i+1} = mu * v_i - alpha_i * g``; ``x_{i+1} = x + v_{i+1}``; v is detached between steps.
+
+The energy is passed in as a callable ``energy(x) -> (B,)`` that closes over the observation
+context, so the descent knows nothing about the network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ebt_policy.errors import ConfigError
+
+EnergyFn = Callable[[Tensor], Tensor]
+
+RMS_NORM_MODES = ("sample", "batch", "none")
+
+
+class NonFiniteEnergyError(FloatingPointError):
+    """The energy or its gradient became NaN/Inf during descent (``step`` is 0-based)."""
+
+    def __init__(self, step: int, n_steps: int, phase: str) -> None:
+        super().__init__(
+            f"energy descent produced NaN/Inf at step {step} of {n_steps} ({phase}); "
+            "check the learning rate, the energy clamp and the input normalisation"
+        )
+        self.step = step
+
+
+@dataclass
+class DescentConfig:
+    """Settings of the energy descent (method.md, "One energy-descent step")."""
+
+    alpha: float = 1000.0  # base step size; E is a mean over Tp*Da outputs, hence large
+    temperature: float = 1.0  # T in alpha * exp(E) / T
+    momentum: float = 0.9  # Nesterov mu
+    rms_norm: str = "sample"  # "sample" | "batch" (reference ablation) | "none"
+    exp_energy_min: float = 0.01  # clamp of exp(E): bounds the per-sample step size
+    exp_energy_max: float = 10.0
+    train_steps_base: int = 6  # training N = base + U{0..extra}
+    train_steps_extra: int = 4
+    sigma_max: float = 0.2  # Langevin noise, cosine-annealed over the N training steps
+    sigma_min: float = 0.002
+    alpha_random_scale: float = 1.5  # training multiplies alpha by U[1/s, s] per sample
+    loss_final_step_only: bool = False  # default: mean of the per-step losses
+    max_steps: int = 2  # inference: 2 = the paper's "2 steps"; 20 with min_grad 1e-3 = adaptive
+    min_grad: float = 1e-3
+    rms_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"descent config: {what}")
+
+        need(
+            self.rms_norm in RMS_NORM_MODES,
+            f"rms_norm must be one of {RMS_NORM_MODES}, got {self.rms_norm!r}",
+        )
+        need(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
+        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
+        need(
+            0 < self.exp_energy_min <= self.exp_energy_max,
+            "need 0 < exp_energy_min <= exp_energy_max, "
+            f"got {self.exp_energy_min}, {self.exp_energy_max}",
+        )
+        need(
+            self.train_steps_base >= 1,
+            f"train_steps_base must be >= 1, got {self.train_steps_base}",
+        )
+        need(
+            self.train_steps_extra >= 0,
+            f"train_steps_extra must be >= 0, got {self.train_steps_extra}",
+        )
+        need(
+            0 <= self.sigma_min <= self.sigma_max,
+            f"need 0 <= sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}",
+        )
+        need(
+            self.alpha_random_scale >= 1.0,
+            f"alpha_random_scale must be >= 1, got {self.alpha_random_scale}",
+        )
+        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.min_grad >= 0, f"min_grad must be >= 0, got {self.min_grad}")
+        need(self.rms_eps > 0, f"rms_eps must be > 0, got {self.rms_eps}")
+
+
+@dataclass
+class DescentResult:
+    """Inference output, all tensors per sample."""
+
+    chunk: Tensor  # (B, Tp, Da) normalised
+    energy: Tensor  # (B,) energy at the last step's look-ahead point
+    steps: Tensor  # (B,) int64 descent steps used
+    grad_norm: Tensor  # (B,) norm of the last gradient
+
+
+def cosine_sigmas(n: int, sigma_max: float, sigma_min: float) -> list[float]:
+    """Noise levels for n steps, cosine-annealed from sigma_max (first) to sigma_min (last)."""
+    if n == 1:
+        return [sigma_max]
+    return [
+        sigma_min + 0.5 * (sigma_max - sigma_min) * (1.0 + math.cos(math.pi * i / (n - 1)))
+        for i in range(n)
+    ]
+
+
+class EnergyDescent(torch.nn.Module):
+    """Energy descent shared by training (:meth:`train_unroll`) and inference (:meth:`infer`).
+
+    It has no parameters; it is a module so that it moves and prints with the policy.
+    """
+
+    def __init__(self, config: DescentConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or DescentConfig()
+
+    def extra_repr(self) -> str:
+        return repr(self.config)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Divide x (B, ...) by its RMS, per sample or over the whole batch."""
+        mode = self.config.rms_norm
+        if mode == "none":
+            return x
+        dims = tuple(range(1, x.dim())) if mode == "sample" else tuple(range(x.dim()))
+        rms = x.pow(2).mean(dim=dims, keepdim=True).add(self.config.rms_eps).sqrt()
+        return x / rms
+
+    def step(
+        self,
+        energy: EnergyFn,
+        x: Tensor,
+        v: Tensor,
+        *,
+        training: bool,
+        sigma: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One descent step. Returns (x_next, v_next, energy (B,), grad (B, ...)).
+
+        In training ``x_next`` carries the graph of the step (through g and alpha_i) back to the
+        energy's parameters; ``v_next`` is detached either way.
+        """
+        cfg = self.config
+        x = self.normalize(x.detach())
+        if training and sigma > 0:
+            x = x + sigma * torch.randn(
+                x.shape, device=x.device, dtype=x.dtype, generator=generator
+            )
+        x_look = (x + cfg.momentum * v).requires_grad_(True)
+        with torch.enable_grad():
+            e = energy(x_look).float()  # (B,)
+            (g,) = torch.autograd.grad(e.sum(), x_look, create_graph=training)
+        g = g.to(x.dtype)
+        # Bounded per-sample step size: exp(E) is clamped, so a drifting energy cannot explode it.
+        scale = e.exp().clamp(cfg.exp_energy_min, cfg.exp_energy_max)
+        if not training:
+            e, scale = e.detach(), scale.detach()
+        alpha = (cfg.alpha / cfg.temperature) * scale  # (B,)
+        if training and cfg.alpha_random_scale > 1.0:
+            lo = 1.0 / cfg.alpha_random_scale
+            u = torch.rand(alpha.shape, device=alpha.device, generator=generator)
+            alpha = alpha * (lo + (cfg.alpha_random_scale - lo) * u)
+        alpha = alpha.view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1)
+        v_next = cfg.momentum * v - alpha * g
+        x_next = x + v_next
+        return x_next, v_next.detach(), e, g
+
+    def train_unroll(
+        self,
+        energy: EnergyFn,
+        target: Tensor,
+        generator: torch.Generator | None = None,
+        n_steps: int | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Unroll N steps from noise towards ``target`` (B, Tp, Da, normalised); return the loss.
+
+        N = base + U{0..extra} unless ``n_steps`` is given. Loss: mean over steps of the MSE to the
+        target (or the final step's only). One host sync per call, at the end (NaN check).
+        """
+        cfg = self.config
+        dev = target.device
+        if n_steps is None:
+            extra = 0
+            if cfg.train_steps_extra > 0:
+                extra = int(
+                    torch.randint(
+                        0, cfg.train_steps_extra + 1, (1,), generator=_cpu_or_none(generator)
+                    )
+                )
+            n_steps = cfg.train_steps_base + extra
+        x = torch.randn(target.shape, device=dev, dtype=target.dtype, generator=generator)
+        v = torch.zeros_like(x)
+        sigmas = cosine_sigmas(n_steps, cfg.sigma_max, cfg.sigma_min)
+        losses = []
+        finite = []
+        energies = []
+        grads = []
+        for i in range(n_steps):
+            x, v, e, g = self.step(
+                energy, x, v, training=True, sigma=sigmas[i], generator=generator
+            )
+            finite.append(torch.isfinite(e).all() & torch.isfinite(g).all())
+            if not cfg.loss_final_step_only or i == n_steps - 1:
+                losses.append(torch.nn.functional.mse_loss(x.float(), target.float()))
+            energies.append(e.detach())
+            grads.append(g.detach())
+        ok = torch.stack(finite)
+        if not bool(ok.all()):
+            first = int((~ok).nonzero()[0, 0])
+            raise NonFiniteEnergyError(first, n_steps, "training")
+        loss = torch.stack(losses).mean()
+        g_last = grads[-1].flatten(1).norm(dim=1)
+        metrics = {
+            "loss": float(loss.detach()),
+            "final_mse": float(losses[-1].detach()),
+            "n_steps": float(n_steps),
+            "energy_first": float(energies[0].mean()),
+            "energy_final": float(energies[-1].mean()),
+            "grad_norm_final": float(g_last.mean()),
+        }
+        return loss, metrics
+
+    @torch.no_grad()
+    def infer(
+        self,
+        energy: EnergyFn,
+        x0: Tensor,
+        max_steps: int | None = None,
+        min_grad: float | None = None,
+    ) -> DescentResult:
+        """Descend from ``x0`` (B, Tp, Da) without noise or random step scale.
+
+        Per sample: keep stepping while steps < max_steps - 1 and the last gradient norm exceeds
+        ``min_grad``, then take one final step. A sample that has stopped is frozen while the others
+        continue, so each sample's result does not depend on its batch neighbours.
+        """
+        cfg = self.config
+        max_steps = cfg.max_steps if max_steps is None else max_steps
+        min_grad = cfg.min_grad if min_grad is None else min_grad
+        if max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+        B = x0.shape[0]
+        dev = x0.device
+        x = x0
+        v = torch.zeros_like(x)
+        steps = torch.zeros(B, dtype=torch.long, device=dev)
+        gnorm = torch.full((B,), float("inf"), device=dev)
+        active = torch.ones(B, dtype=torch.bool, device=dev)
+        shape = (B,) + (1,) * (x.dim() - 1)
+        for i in range(max_steps - 1):
+            if i > 0:  # before the first step every gradient norm is "infinite": no sync needed
+                active = active & (gnorm > min_grad)
+                if not bool(active.any()):
+                    break
+            x_new, v_new, e, g = self.step(energy, x, v, training=False)
+            _check_finite(e, g, i, max_steps)
+            m = active.view(shape)
+            x = torch.where(m, x_new, x)
+            v = torch.where(m, v_new, v)
+            gnorm = torch.where(active, g.flatten(1).norm(dim=1).float(), gnorm)
+            steps = steps + active.long()
+        x, v, e, g = self.step(energy, x, v, training=False)
+        _check_finite(e, g, int(steps.max()), max_steps)
+        return DescentResult(
+            chunk=x, energy=e, steps=steps + 1, grad_norm=g.flatten(1).norm(dim=1).float()
+        )
+
+
+def _check_finite(e: Tensor, g: Tensor, step: int, n_steps: int) -> None:
+    if not (bool(torch.isfinite(e).all()) and bool(torch.isfinite(g).all())):
+        raise NonFiniteEnergyError(step, n_steps, "inference")
+
+
+def _cpu_or_none(generator: torch.Generator | None) -> torch.Generator | None:
+    """The step count is drawn on the CPU; use the generator only if it is a CPU one."""
+    if generator is not None and generator.device.type == "cpu":
+        return generator
+    return None
