@@ -21,6 +21,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "ebt_policy.datasets.cli:import_robomimic_main",
         "Convert a robomimic HDF5 file into an episode store.",
     ),
+    ("train",): ("ebt_policy.training.cli:main", "Train a policy on an episode store."),
     ("collect",): (
         "ebt_policy.envs.cli:collect_main",
         "Collect scripted-expert demonstrations into an episode store (resumable).",

@@ -1,0 +1,235 @@
+"""Save and load a policy as a directory: ``config.json`` + ``model.safetensors``.
+
+This module is what evaluation and deploy code use to get a policy back from disk, so it must not
+import ``ebt_policy.training`` (deploy/ never imports training code). Training writes the same two
+files into each checkpoint and adds a ``training_state/`` folder beside them, which loading ignores.
+
+Layout of a checkpoint directory::
+
+    config.json          {"format_version", "policy": {"name", "config"}, "shape_meta",
+                          "dataset_metadata", "train_config", "step"}
+    model.safetensors    the policy's state_dict (EMA weights, normaliser buffers included)
+    training_state/      optimiser, scheduler, EMA, RNG, data position (training only)
+
+``load_policy`` accepts a run directory (``RUN_DIR`` -> ``RUN_DIR/checkpoints/last``), the
+``checkpoints`` folder itself, or one checkpoint directory (``step_000100`` or ``last``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ebt_policy.errors import CheckpointError, ConfigError
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TRAINING_STATE_NAME = "training_state"
+
+
+def _to_jsonable(value: Any) -> Any:
+    """Turn dataclasses, numpy values and paths into plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return value.tolist()
+    return value
+
+
+def write_policy_files(
+    policy: torch.nn.Module,
+    directory: str | os.PathLike,
+    *,
+    shape_meta: dict[str, Any],
+    dataset_metadata: dict[str, Any] | None = None,
+    train_config: dict[str, Any] | None = None,
+    step: int | None = None,
+) -> None:
+    """Write ``config.json`` and ``model.safetensors`` for ``policy`` into an existing directory.
+
+    No atomicity here: callers write into a temporary directory and rename it (see
+    :func:`save_pretrained` and the training checkpoint writer).
+    """
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "policy": {"name": policy.name, "config": _to_jsonable(policy.config)},
+        "shape_meta": _to_jsonable(shape_meta),
+        "dataset_metadata": _to_jsonable(dataset_metadata or {}),
+        "train_config": _to_jsonable(train_config or {}),
+        "step": step,
+    }
+    with open(directory / CONFIG_NAME, "w") as f:
+        json.dump(config, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    # save_model handles tied (shared) tensors, which save_file refuses.
+    save_model(policy, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def save_pretrained(
+    policy: torch.nn.Module,
+    directory: str | os.PathLike,
+    *,
+    shape_meta: dict[str, Any],
+    dataset_metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``policy`` as a loadable directory (no training state), atomically.
+
+    Args:
+        policy: a policy built by ``ebt_policy.policies.make_policy`` (has ``name`` and ``config``).
+        directory: target directory; must not exist unless ``overwrite``.
+        shape_meta: the ``shape_meta`` the policy was built with.
+        dataset_metadata: the episode store's metadata (lets evaluation rebuild the env).
+        overwrite: replace an existing directory.
+
+    Returns:
+        The directory path.
+    """
+    directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise CheckpointError(f"{directory}: already exists (pass overwrite=True to replace it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        write_policy_files(policy, tmp, shape_meta=shape_meta, dataset_metadata=dataset_metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it owner-only
+        for path in tmp.iterdir():
+            os.chmod(path, 0o666 & ~umask)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """Find the checkpoint directory meant by ``path`` (run dir, ``checkpoints`` dir or entry)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
+    for candidate in (path, path / "last", path / "checkpoints" / "last"):
+        if (candidate / CONFIG_NAME).exists() or (candidate / WEIGHTS_NAME).exists():
+            return candidate.resolve()
+    if (path / "checkpoints").is_dir() or path.name == "checkpoints":
+        raise CheckpointError(f"{path}: run directory has no complete checkpoint (no 'last')")
+    raise CheckpointError(
+        f"{path}: not a checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME}, "
+        "or a run directory with checkpoints/last)"
+    )
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``config.json`` of the checkpoint at ``path`` (any form load_policy takes)."""
+    directory = resolve_checkpoint_dir(path)
+    config_path = directory / CONFIG_NAME
+    if not config_path.exists():
+        raise CheckpointError(f"{config_path}: missing")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON (truncated?): {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{config_path}: format_version {version!r}, this code reads {FORMAT_VERSION}"
+        )
+    for key in ("policy", "shape_meta"):
+        if key not in config:
+            raise CheckpointError(f"{config_path}: missing key '{key}'")
+    policy = config["policy"]
+    if not isinstance(policy, dict) or "name" not in policy or "config" not in policy:
+        raise CheckpointError(f"{config_path}: 'policy' must hold 'name' and 'config'")
+    return config
+
+
+def _build_policy(config: dict[str, Any], config_path: Path) -> torch.nn.Module:
+    from ebt_policy.policies import make_policy, policy_config_from_dict
+
+    policy_cfg_dict = dict(config["policy"]["config"])
+    try:
+        policy_cfg = policy_config_from_dict(policy_cfg_dict)
+    except (ConfigError, TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{config_path}: policy config does not match this code: {exc}"
+        ) from None
+    if getattr(policy_cfg, "name", config["policy"]["name"]) != config["policy"]["name"]:
+        raise CheckpointError(
+            f"{config_path}: policy name {config['policy']['name']!r} does not match its config"
+        )
+    try:
+        return make_policy(policy_cfg, config["shape_meta"], stats=None)
+    except (ConfigError, TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{config_path}: cannot build the policy: {exc}") from None
+
+
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild a policy from a checkpoint directory alone, in eval mode on ``device``.
+
+    Args:
+        path: a run directory, its ``checkpoints`` folder, or one checkpoint (``.../last``).
+        device: where to put the policy (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+
+    Raises:
+        CheckpointError: one line naming the missing, truncated or mismatched file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    directory = resolve_checkpoint_dir(path)
+    config = read_checkpoint_config(directory)
+    policy = _build_policy(config, directory / CONFIG_NAME)
+    weights_path = directory / WEIGHTS_NAME
+    if not weights_path.exists():
+        raise CheckpointError(f"{weights_path}: missing")
+    try:
+        missing, unexpected = load_model(policy, str(weights_path), strict=False)
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"{weights_path}: unreadable (truncated or corrupt?): {exc}"
+        ) from None
+    except RuntimeError as exc:  # shape mismatches from load_state_dict
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
+        raise CheckpointError(f"{weights_path}: does not match the config: {detail}") from None
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {_short_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected tensors {_short_list(unexpected)}")
+        raise CheckpointError(f"{weights_path}: does not match the config: {'; '.join(parts)}")
+    policy.to(device)
+    policy.eval()
+    return policy
+
+
+def _short_list(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"
