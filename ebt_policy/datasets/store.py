@@ -383,10 +383,15 @@ class EpisodeStore:
         return np.dtype(self.array(key).dtype)
 
     def is_rgb(self, key: str) -> bool:
-        """True for image keys: listed under metadata obs_keys.rgb, or named ``*_image``."""
+        """True for image keys: listed under metadata obs_keys.rgb, named ``*_image``, or stored
+        as uint8 (H, W, C) frames (as in Diffusion Policy's stores, e.g. ``img``)."""
         obs_keys = self._root.attrs.get("obs_keys")
         if isinstance(obs_keys, Mapping) and key in (obs_keys.get("rgb") or []):
             return True
+        if key in self._arrays:
+            arr = self._arrays[key]
+            if arr.dtype == np.uint8 and arr.ndim == 4:
+                return True
         return is_rgb_key(key)
 
     def episode_slice(self, i: int) -> slice:
@@ -523,11 +528,12 @@ class EpisodeStore:
         if not self._arrays:
             for key in sorted(arrays):
                 a = arrays[key]
+                rgb = self.is_rgb(key) or (a.dtype == np.uint8 and a.ndim == 4)
                 self._arrays[key] = self._data.create_array(
                     key,
                     shape=(0, *a.shape[1:]),
                     dtype=a.dtype,
-                    chunks=(_chunk_rows(a.shape[1:], a.dtype, self.is_rgb(key)), *a.shape[1:]),
+                    chunks=(_chunk_rows(a.shape[1:], a.dtype, rgb), *a.shape[1:]),
                     compressors=_compressors(),
                     fill_value=0,
                 )
