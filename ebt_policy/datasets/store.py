@@ -421,7 +421,9 @@ class EpisodeStore:
         arr = self.array(key)
         step_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
         chunk = arr.chunks[0]
-        rows = max(chunk, (block_bytes // step_bytes) // chunk * chunk)
+        rows = max(1, block_bytes // step_bytes)
+        if rows >= chunk:
+            rows = rows // chunk * chunk  # whole chunks: no chunk is decompressed twice
         for start in range(0, self.n_steps, rows):
             yield start, np.asarray(arr[start : min(start + rows, self.n_steps)])
 
