@@ -30,6 +30,8 @@ class CollectArgs:
     """Processes playing episodes."""
     keep_failures: bool = False
     """Also store unsuccessful episodes."""
+    max_steps: int | None = None
+    """End episodes after this many steps (default: the task's horizon)."""
     max_attempts: int | None = None
     """Give up after this many attempts (default 3 * needed + 20)."""
 
@@ -59,6 +61,7 @@ def collect_main(argv: list[str]) -> int:
         workers=args.workers,
         keep_failures=args.keep_failures,
         render_size=args.render_size,
+        max_steps=args.max_steps,
         max_attempts=args.max_attempts,
         progress=True,
     )
@@ -105,25 +108,13 @@ class EvalArgs:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
 
 
-def _checkpoint_metadata(policy: Any, checkpoint: Path) -> dict[str, Any] | None:
-    """The training dataset's metadata saved with a checkpoint, if any."""
-    for attr in ("dataset_metadata", "metadata"):
-        meta = getattr(policy, attr, None)
-        if isinstance(meta, dict) and "task" in meta:
-            return meta
-    import json
+def _checkpoint_metadata(checkpoint: Path) -> dict[str, Any] | None:
+    """The training dataset's metadata saved in the checkpoint's config.json, if it has a task."""
+    from ebt_policy.policies.checkpoint import read_checkpoint_config
 
-    last = checkpoint / "checkpoints" / "last" / "config.json"
-    for candidate in (checkpoint / "config.json", last):
-        if candidate.is_file():
-            try:
-                config = json.loads(candidate.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{candidate}: not valid JSON ({exc})") from exc
-            for key in ("dataset_metadata", "metadata", "dataset"):
-                meta = config.get(key)
-                if isinstance(meta, dict) and "task" in meta:
-                    return meta
+    meta = read_checkpoint_config(checkpoint).get("dataset_metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("task"), dict):
+        return meta
     return None
 
 
@@ -167,16 +158,11 @@ def eval_main(argv: list[str]) -> int:
 
     args = tyro.cli(EvalArgs, args=argv, prog="ebt-policy eval")
     os.environ.setdefault("MUJOCO_GL", "egl")
-    import torch
-
     from ebt_policy import load_policy
     from ebt_policy.envs.runner import evaluate
 
-    torch.set_grad_enabled(True)  # energy descent needs input gradients even at inference
     policy = load_policy(args.checkpoint, device=args.device)
-    if hasattr(policy, "eval"):
-        policy.eval()
-    metadata = _checkpoint_metadata(policy, args.checkpoint)
+    metadata = _checkpoint_metadata(args.checkpoint)
     if args.task is None and metadata is None:
         raise CheckpointError(
             f"{args.checkpoint}: no dataset metadata with a task found; pass --task"

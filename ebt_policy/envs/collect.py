@@ -88,11 +88,13 @@ class CollectSummary:
         return {**asdict(self), "success_rate": self.success_rate, "steps_per_s": self.steps_per_s}
 
 
-def run_expert_episode(env: Any, spec: Any, seed: int, keep_data: bool = True) -> EpisodeAttempt:
+def run_expert_episode(
+    env: Any, spec: Any, seed: int, keep_data: bool = True, max_steps: int | None = None
+) -> EpisodeAttempt:
     """Play one episode of ``spec``'s expert in ``env`` from ``env.reset(seed=seed)``.
 
     Observation ``t`` is stored with the action taken from it; the episode ends when the env
-    terminates (success, by default) or truncates (the task's horizon).
+    terminates (success, by default) or truncates (the task's horizon), or after ``max_steps``.
     """
     obs, info = env.reset(seed=seed)
     expert = new_expert(spec, seed)
@@ -111,7 +113,7 @@ def run_expert_episode(env: Any, spec: Any, seed: int, keep_data: bool = True) -
         if "coverage" in info:
             cov = float(info["coverage"])
             coverage = cov if coverage is None else max(coverage, cov)
-        if terminated or truncated:
+        if terminated or truncated or (max_steps is not None and len(actions) >= max_steps):
             break
     data = None
     if keep_data:
@@ -137,6 +139,7 @@ def _worker(
     task: str,
     env_kwargs: dict[str, Any],
     keep_failures: bool,
+    max_steps: int | None,
     seeds: Any,
     results: Any,
     parent_pid: int,
@@ -163,7 +166,7 @@ def _worker(
             if seed is None:
                 return
             try:
-                attempt = run_expert_episode(env, spec, seed)
+                attempt = run_expert_episode(env, spec, seed, max_steps=max_steps)
                 if not (attempt.success or keep_failures):
                     attempt.data = None  # do not ship data the parent will drop
                 results.put(("ok", seed, attempt))
@@ -177,19 +180,23 @@ def _worker(
 class _InProcess:
     """workers=1: play seeds in this process (no spawn cost, a kill stops everything at once)."""
 
-    def __init__(self, task: str, env_kwargs: dict[str, Any], keep_failures: bool) -> None:
+    def __init__(
+        self, task: str, env_kwargs: dict[str, Any], keep_failures: bool, max_steps: int | None
+    ) -> None:
         from ebt_policy.envs import get_task, make_env
 
         self.spec = get_task(task)
         self.env = make_env(task, **env_kwargs)
         self.keep_failures = keep_failures
+        self.max_steps = max_steps
         self.todo: list[int] = []
 
     def submit(self, seed: int) -> None:
         self.todo.append(seed)
 
     def get(self) -> EpisodeAttempt:
-        attempt = run_expert_episode(self.env, self.spec, self.todo.pop(0))
+        seed = self.todo.pop(0)
+        attempt = run_expert_episode(self.env, self.spec, seed, max_steps=self.max_steps)
         if not (attempt.success or self.keep_failures):
             attempt.data = None
         return attempt
@@ -202,7 +209,12 @@ class _Pool:
     """workers>1: spawned processes fed seeds through a queue."""
 
     def __init__(
-        self, task: str, env_kwargs: dict[str, Any], keep_failures: bool, workers: int
+        self,
+        task: str,
+        env_kwargs: dict[str, Any],
+        keep_failures: bool,
+        max_steps: int | None,
+        workers: int,
     ) -> None:
         ctx = mp.get_context("spawn")
         self.seeds = ctx.Queue()
@@ -210,7 +222,15 @@ class _Pool:
         self.procs = [
             ctx.Process(
                 target=_worker,
-                args=(task, env_kwargs, keep_failures, self.seeds, self.results, os.getpid()),
+                args=(
+                    task,
+                    env_kwargs,
+                    keep_failures,
+                    max_steps,
+                    self.seeds,
+                    self.results,
+                    os.getpid(),
+                ),
                 daemon=True,
             )
             for _ in range(workers)
@@ -255,6 +275,7 @@ def _open_or_create(
     seed: int,
     images: bool,
     keep_failures: bool,
+    max_steps: int | None,
     env_kwargs: dict[str, Any],
 ) -> tuple[Any, dict[str, Any], bool]:
     """Open ``out`` for resuming (checking it matches the request) or create it."""
@@ -276,6 +297,7 @@ def _open_or_create(
             "seed": seed,
             "images": images,
             "keep_failures": keep_failures,
+            "max_steps": max_steps,
             "env_kwargs": env_kwargs,
         }
         for key, want in expected.items():
@@ -306,6 +328,7 @@ def _open_or_create(
         "seed": seed,
         "images": images,
         "keep_failures": keep_failures,
+        "max_steps": max_steps,
         "env_kwargs": env_kwargs,
         "next_seed": seed,
         "kept_seeds": [],
@@ -325,6 +348,7 @@ def collect(
     workers: int = 1,
     keep_failures: bool = False,
     render_size: int = 84,
+    max_steps: int | None = None,
     max_attempts: int | None = None,
     progress: bool = False,
 ) -> CollectSummary:
@@ -338,6 +362,7 @@ def collect(
         images: record camera observations (uint8 HWC, ``render_size`` pixels).
         workers: processes playing episodes (1: this process).
         keep_failures: also store unsuccessful episodes (``collection.episode_success`` says which).
+        max_steps: end episodes after this many steps (default: the task's horizon).
         max_attempts: stop after this many attempts in this call (default ``3 * needed + 20``).
         progress: show a progress bar with the success rate and steps/s.
 
@@ -351,13 +376,21 @@ def collect(
         raise ConfigError(f"collect: episodes must be >= 1, got {episodes}")
     if workers < 1:
         raise ConfigError(f"collect: workers must be >= 1, got {workers}")
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"collect: max_steps must be >= 1, got {max_steps}")
     get_task(task)  # TaskError for unknown names before anything is created
     out = os.fspath(out)
     env_kwargs: dict[str, Any] = {"images": bool(images), "render_size": int(render_size)}
     if images:
         os.environ.setdefault("MUJOCO_GL", "egl")
     store, col, resumed = _open_or_create(
-        out, task, seed, bool(images), bool(keep_failures), {"render_size": int(render_size)}
+        out,
+        task,
+        seed,
+        bool(images),
+        bool(keep_failures),
+        max_steps,
+        {"render_size": int(render_size)},
     )
     kept: list[int] = list(col["kept_seeds"])
     needed = episodes - len(kept)
@@ -391,9 +424,9 @@ def collect(
         if needed > 0:
             n_workers = min(workers, needed)
             if n_workers == 1:
-                runner = _InProcess(task, env_kwargs, keep_failures)
+                runner = _InProcess(task, env_kwargs, keep_failures, max_steps)
             else:
-                runner = _Pool(task, env_kwargs, keep_failures, n_workers)
+                runner = _Pool(task, env_kwargs, keep_failures, max_steps, n_workers)
             next_submit = int(col["next_seed"])
             in_flight: set[int] = set()
             done: dict[int, EpisodeAttempt] = {}  # finished but not yet committed (out of order)
