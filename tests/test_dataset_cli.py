@@ -127,6 +127,9 @@ def _break(path, kind: str) -> str:
     if kind == "missing-data":
         shutil.rmtree(path / "data")
         return "missing key 'data'"
+    if kind == "corrupt-chunk":
+        (path / "data" / "action" / "c" / "0" / "0").write_bytes(b"not blosc")
+        return "key 'data/action': unreadable data"
     if kind == "not-a-store":
         shutil.rmtree(path)
         path.mkdir()
@@ -144,6 +147,7 @@ MALFORMED = [
     "inf-obs",
     "schema-version",
     "missing-data",
+    "corrupt-chunk",
     "not-a-store",
 ]
 

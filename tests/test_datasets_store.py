@@ -276,3 +276,15 @@ def test_first_episode_validation(tmp_path):
         store.add_episode({"action": np.zeros((3, 2)), "cam_image": np.zeros((3, 4, 4, 3))})
     with pytest.raises(DatasetError, match="schema_version"):
         EpisodeStore.create(tmp_path / "t.zarr", {"schema_version": 2})
+
+
+def test_fsspec_url_store():
+    url = f"memory://ebt-test-{os.getpid()}/demos.zarr"
+    store = EpisodeStore.create(url, METADATA)
+    ep = make_episode(3, seed=4, images=False)
+    store.add_episode(ep)
+    reread = EpisodeStore.open(url)
+    assert reread.episode_ends.tolist() == [3]
+    np.testing.assert_array_equal(reread.get_episode(0)["action"], ep["action"])
+    with pytest.raises(DatasetError, match="already exists"):
+        EpisodeStore.create(url, METADATA)

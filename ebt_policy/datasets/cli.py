@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import tyro
@@ -107,7 +107,7 @@ def _print_summary(info: dict[str, Any]) -> None:
 class InfoArgs:
     """Summarise an episode store: episodes, steps, keys, action ranges, metadata."""
 
-    path: tyro.conf.Positional[str]
+    path: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="PATH")]]
     """Store location: a directory, a .zip file, or an fsspec URL."""
     json: bool = False
     """Print the summary as JSON."""
@@ -132,9 +132,9 @@ def info_main(argv: list[str]) -> int:
 class ImportRobomimicArgs:
     """Convert a robomimic HDF5 file into an episode store."""
 
-    hdf5: tyro.conf.Positional[str]
+    hdf5: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="HDF5")]]
     """robomimic HDF5 file (data/demo_<i>/{actions, obs/<key>}, data attr env_args)."""
-    out: str
+    out: Annotated[str, tyro.conf.arg(metavar="PATH")]
     """Output store directory."""
     obs_keys: tuple[str, ...] = ()
     """Observation keys to import (default: all keys of the first demo)."""

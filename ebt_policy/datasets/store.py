@@ -20,10 +20,11 @@ for appending, so appending simply continues.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,16 @@ class EpisodeStore:
     def _err(self, msg: str) -> DatasetError:
         return DatasetError(f"{self.path}: {msg}")
 
+    @contextlib.contextmanager
+    def _reading(self, key: str) -> Iterator[None]:
+        """Turn codec/IO failures on corrupt chunks into a DatasetError naming the key."""
+        try:
+            yield
+        except (ValueError, RuntimeError, OSError) as exc:
+            if isinstance(exc, DatasetError):
+                raise
+            raise self._err(f"key {key!r}: unreadable data ({type(exc).__name__}: {exc})") from exc
+
     def _validate(self, check_values: bool) -> None:
         attrs = dict(self._root.attrs)
         version = attrs.get("schema_version")
@@ -257,7 +268,8 @@ class EpisodeStore:
             raise self._err("key 'data' must be a group")
         self._ends_arr = ends_arr
         self._data = data
-        ends = np.asarray(ends_arr[:], dtype=np.int64)
+        with self._reading("meta/episode_ends"):
+            ends = np.asarray(ends_arr[:], dtype=np.int64)
         for i in range(len(ends)):
             prev = ends[i - 1] if i > 0 else 0
             if ends[i] == prev:
@@ -409,12 +421,17 @@ class EpisodeStore:
     def get_episode(self, i: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Episode ``i`` as ``key -> (T, ...)`` numpy arrays."""
         sl = self.episode_slice(i)
-        return {k: np.asarray(self.array(k)[sl]) for k in (self.keys if keys is None else keys)}
+        out = {}
+        for k in self.keys if keys is None else keys:
+            with self._reading(f"data/{k}"):
+                out[k] = np.asarray(self.array(k)[sl])
+        return out
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Committed rows [start, stop) of ``key``."""
         stop = self.n_steps if stop is None else min(stop, self.n_steps)
-        return np.asarray(self.array(key)[start:stop])
+        with self._reading(f"data/{key}"):
+            return np.asarray(self.array(key)[start:stop])
 
     def iter_blocks(self, key: str, block_bytes: int = SCAN_BYTES) -> Iterable[tuple[int, Any]]:
         """Yield (start_row, rows) over the committed rows of ``key`` in chunk-aligned blocks."""
@@ -425,7 +442,9 @@ class EpisodeStore:
         if rows >= chunk:
             rows = rows // chunk * chunk  # whole chunks: no chunk is decompressed twice
         for start in range(0, self.n_steps, rows):
-            yield start, np.asarray(arr[start : min(start + rows, self.n_steps)])
+            with self._reading(f"data/{key}"):
+                block = np.asarray(arr[start : min(start + rows, self.n_steps)])
+            yield start, block
 
     # ------------------------------------------------------------------ metadata
     def update_metadata(self, **kv: Any) -> None:
