@@ -131,15 +131,19 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
     if not path.is_dir():
         raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
-    for candidate in (path, path / "last", path / "checkpoints" / "last"):
-        if (candidate / CONFIG_NAME).exists() or (candidate / WEIGHTS_NAME).exists():
-            return candidate.resolve()
-    if (path / "checkpoints").is_dir() or path.name == "checkpoints":
-        raise CheckpointError(f"{path}: run directory has no complete checkpoint (no 'last')")
-    raise CheckpointError(
-        f"{path}: not a checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME}, "
-        "or a run directory with checkpoints/last)"
-    )
+    if (path / "checkpoints").is_dir():  # a run directory (its own config.json is the run's)
+        path = path / "checkpoints"
+    if path.name == "checkpoints" or (path / "last").is_symlink() or (path / "last").is_dir():
+        last = path / "last"
+        if not last.exists():
+            raise CheckpointError(f"{path}: no complete checkpoint ('last' is missing)")
+        return last.resolve()
+    if not (path / CONFIG_NAME).exists() and not (path / WEIGHTS_NAME).exists():
+        raise CheckpointError(
+            f"{path}: not a checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME}, "
+            "or a run directory with checkpoints/last)"
+        )
+    return path.resolve()
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -215,8 +219,12 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
             f"{weights_path}: unreadable (truncated or corrupt?): {exc}"
         ) from None
     except RuntimeError as exc:  # shape mismatches from load_state_dict
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
+        # load_state_dict lists every mismatch; the first one names the tensor and both shapes
+        lines = [line.strip() for line in str(exc).strip().splitlines()]
+        mismatches = [line for line in lines if line.startswith("size mismatch")]
+        detail = mismatches[0].rstrip(".") if mismatches else lines[-1]
+        if len(mismatches) > 1:
+            detail += f" (and {len(mismatches) - 1} more)"
         raise CheckpointError(f"{weights_path}: does not match the config: {detail}") from None
     if missing or unexpected:
         parts = []
@@ -230,6 +238,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     return policy
 
 
-def _short_list(names: list[str], limit: int = 4) -> str:
+def _short_list(names: list[str] | set[str], limit: int = 4) -> str:
+    names = sorted(names)
     shown = ", ".join(names[:limit])
     return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"

@@ -192,7 +192,7 @@ def load_training_state(
     if missing or unexpected:
         raise CheckpointError(
             f"{weights}: does not match the model: "
-            f"missing {missing[:4]}, unexpected {unexpected[:4]}"
+            f"missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}"
         )
     try:
         state = torch.load(state_dir / "state.pt", map_location="cpu", weights_only=True)

@@ -394,7 +394,6 @@ def train(cfg: TrainConfig) -> Path:
             from ebt_policy.policies.checkpoint import read_checkpoint_config
 
             saved_ckpt_config = read_checkpoint_config(resume_from)
-            _check_resume_compatible(saved_ckpt_config.get("train_config", {}), cfg, resume_from)
 
         # ---- data
         store = EpisodeStore.open(cfg.dataset, mode="r")
@@ -405,6 +404,8 @@ def train(cfg: TrainConfig) -> Path:
                 f"{cfg.dataset}: obs keys {unknown} not in the store (has {store.keys})"
             )
         cfg = dataclasses.replace(cfg, obs_keys=obs_keys)
+        if saved_ckpt_config is not None:
+            _check_resume_compatible(saved_ckpt_config.get("train_config", {}), cfg, resume_from)
         shape_meta = store.shape_meta(obs_keys)
         stats = _load_stats(store, [*obs_keys, "action"])
         dataset_metadata = {k: v for k, v in store.metadata.items() if k != "stats"}
@@ -452,6 +453,9 @@ def train(cfg: TrainConfig) -> Path:
             num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=False,
+            # Its own generator: creating an iterator then draws the workers' base seed from it,
+            # not from the global RNG (which would shift the descent noise after a resume).
+            generator=torch.Generator(),
         )
         val_loader = None
         if len(val_ids) and dist_info.is_main:
@@ -588,6 +592,7 @@ def train(cfg: TrainConfig) -> Path:
         while not stop:
             sampler.set_epoch(epoch)
             sampler.start_index = batch_in_epoch * per_rank_batch
+            loader.generator.manual_seed(cfg.seed + 1_000_003 * dist_info.rank + epoch)
             for batch in loader:
                 batch = to_device(batch, device)
                 out = train_step(

@@ -1,0 +1,241 @@
+"""Training: loss falls, exact resume after an interruption, DDP on gloo, CLI, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ebt_policy.errors import ConfigError
+from ebt_policy.training import TrainConfig, train
+from ebt_policy.training import loop as train_loop
+from ebt_policy.training.loop import ema_decay
+
+# Small MLP energy: the cheap preset, shrunk further so each step takes milliseconds.
+MLP_SMALL = {"mlp_hidden": 64, "mlp_layers": 2}
+
+
+def make_toy_store(path: Path, n_episodes: int = 10, length: int = 30, seed: int = 0) -> Path:
+    """A deterministic task: the action is a fixed smooth function of the 3-D state."""
+    from ebt_policy.datasets import EpisodeStore
+
+    rng = np.random.default_rng(seed)
+    store = EpisodeStore.create(
+        path,
+        {
+            "task": {"name": "toy", "env_kwargs": {}},
+            "control_hz": 10,
+            "obs_keys": {"low_dim": ["state"], "rgb": []},
+        },
+    )
+    w = np.array([[0.5, -0.3], [0.2, 0.8], [-0.4, 0.1]], dtype=np.float32)
+    for _ in range(n_episodes):
+        s = rng.uniform(-1, 1, size=3).astype(np.float32)
+        states, actions = [], []
+        for _t in range(length):
+            a = np.tanh(3 * s @ w).astype(np.float32)
+            states.append(s.copy())
+            actions.append(a)
+            s = (0.9 * s + 0.1 * np.concatenate([a, a[:1]])).astype(np.float32)
+        store.add_episode({"action": np.stack(actions), "state": np.stack(states)})
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    return make_toy_store(tmp_path_factory.mktemp("data") / "toy.zarr")
+
+
+def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        dataset=str(store),
+        out=str(out),
+        preset="mlp",
+        policy_overrides=dict(MLP_SMALL),
+        steps=40,
+        batch_size=16,
+        device="cpu",
+        log_every=1,
+        save_every=20,
+        val_every=20,
+        val_batches=2,
+        progress=False,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_transformer_loss_falls(toy_store: Path, tmp_path: Path) -> None:
+    run = train(
+        _cfg(
+            toy_store,
+            tmp_path / "run",
+            preset="tiny",
+            policy_overrides={},
+            steps=25,
+            warmup_steps=3,
+            save_every=0,
+            val_every=0,
+        )
+    )
+    losses = [m["loss"] for m in _metrics(run)]
+    assert len(losses) == 25
+    first, last = np.mean(losses[:3]), np.mean(losses[-5:])
+    assert last < 0.5 * first, f"loss did not fall clearly: first {first:.3f}, last {last:.3f}"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["lr"] == 1e-3 and saved["policy"]["config"]["energy"] == "transformer"
+    assert (run / "checkpoints" / "last" / "model.safetensors").exists()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_gives_the_same_loss_curve(
+    toy_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 steps straight; 3 epochs of 16-window batches, so resuming crosses epoch boundaries
+    full = train(_cfg(toy_store, tmp_path / "full"))
+
+    # the same command, killed during step 27 (after the step-20 checkpoint), then resumed
+    real_step = train_loop.train_step
+    calls = {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 27:
+            raise Interrupted
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "train_step", crashing_step)
+    with pytest.raises(Interrupted):
+        train(_cfg(toy_store, tmp_path / "resumed"))
+    monkeypatch.setattr(train_loop, "train_step", real_step)
+    last = tmp_path / "resumed" / "checkpoints" / "last"
+    assert last.resolve().name == "step_00000020"
+    # the metrics file holds the steps the killed run logged past the checkpoint
+    assert max(m["step"] for m in _metrics(tmp_path / "resumed")) == 26
+
+    with pytest.raises(ConfigError, match="already has checkpoints"):
+        train(_cfg(toy_store, tmp_path / "resumed"))
+    with pytest.raises(ConfigError, match="lr"):
+        train(_cfg(toy_store, tmp_path / "resumed", resume=True, lr=5e-4))
+    resumed = train(_cfg(toy_store, tmp_path / "resumed", resume=True))
+
+    a, b = _metrics(full), _metrics(resumed)
+    assert [m["step"] for m in b] == list(range(1, 41))
+    np.testing.assert_array_equal([m["loss"] for m in a], [m["loss"] for m in b])
+    np.testing.assert_array_equal([m["lr"] for m in a], [m["lr"] for m in b])
+    assert a[-1]["val_loss"] == b[-1]["val_loss"]
+
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "training_state/model.safetensors"):
+        wa = load_file(full / "checkpoints" / "last" / name)
+        wb = load_file(resumed / "checkpoints" / "last" / name)
+        assert wa.keys() == wb.keys()
+        for key in wa:
+            assert torch.equal(wa[key], wb[key]), f"{name}: {key} differs after resume"
+
+
+def test_minutes_budget_stops_and_saves(toy_store: Path, tmp_path: Path) -> None:
+    run = train(_cfg(toy_store, tmp_path / "run", steps=10_000, minutes=1e-5))
+    progress = json.loads(
+        (run / "checkpoints" / "last" / "training_state" / "progress.json").read_text()
+    )
+    assert 1 <= progress["step"] < 10_000
+
+
+def test_amp_bf16_trains_through_second_order_grads(toy_store: Path, tmp_path: Path) -> None:
+    # autocast must not break the create_graph=True descent: loss finite and falling
+    run = train(_cfg(toy_store, tmp_path / "run", amp=True, steps=30, save_every=0))
+    losses = [m["loss"] for m in _metrics(run)]
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:3])
+
+
+def test_ema_warmup_schedule() -> None:
+    cfg = TrainConfig(dataset="x", out="y")
+    decays = [ema_decay(k, cfg) for k in (1, 2, 10, 100, 10_000, 10**9)]
+    assert decays[0] == 0.0  # the first update copies the weights
+    assert all(a < b for a, b in zip(decays[:-1], decays[1:], strict=False))
+    assert decays[3] == pytest.approx(1 - 100**-0.75, rel=1e-2)
+    assert decays[-1] == cfg.ema_max_decay
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"preset": "huge"}, "preset"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"steps": 10, "warmup_steps": 10}, "warmup_steps"),
+        ({"grad_clip": -1.0}, "grad_clip"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(dataset="x", out="y", **kwargs)
+
+
+def test_cli_train_with_policy_overrides_then_load(toy_store: Path, tmp_path: Path) -> None:
+    from ebt_policy import load_policy
+    from ebt_policy.cli import main
+
+    out = tmp_path / "run"
+    argv = [
+        "train", "--dataset", str(toy_store), "--out", str(out), "--preset", "mlp",
+        "--steps", "6", "--batch-size", "8", "--device", "cpu", "--no-progress",
+        "--policy-cfg.mlp-hidden", "32", "--policy-cfg.max-steps", "3", "--save-every", "3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["policy_overrides"] == {"mlp_hidden": 32, "max_steps": 3}
+    assert saved["policy"]["config"]["mlp_hidden"] == 32
+    policy = load_policy(out)
+    assert policy.config.mlp_hidden == 32 and policy.config.max_steps == 3
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == [
+        "step_00000003",
+        "step_00000006",
+    ]
+    # a bad flag value is one line on stderr and exit status 2, no traceback
+    assert main([*argv[:-2], "--weight-decay", "-1"]) == 2
+
+
+def test_ddp_two_cpu_processes_gloo(toy_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "ebt_policy.cli", "train", "--dataset", str(toy_store), "--out", str(out),
+        "--preset", "mlp", "--policy-cfg.mlp-hidden", "32", "--steps", "8", "--batch-size", "16",
+        "--device", "cpu", "--no-progress", "--log-every", "1", "--save-every", "4",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["world_size"] == 2 and saved["per_process_batch_size"] == 8
+    steps = [m["step"] for m in _metrics(out)]
+    assert steps == list(range(1, 9))  # one writer: no duplicated lines
+    state = torch.load(
+        out / "checkpoints" / "last" / "training_state" / "state.pt", weights_only=True
+    )
+    assert len(state["rng"]) == 2  # both ranks' RNG states, gathered to rank 0
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+
+    from ebt_policy import load_policy
+
+    policy = load_policy(out)
+    obs = {"state": np.zeros((1, policy.n_obs_steps, 3), dtype=np.float32)}
+    assert np.isfinite(policy.predict_chunk(obs).actions).all()
