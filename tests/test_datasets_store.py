@@ -96,6 +96,16 @@ def test_create_refuses_existing_and_overwrites(tmp_path):
     store = EpisodeStore.create(path, {"task": {"name": "can"}}, overwrite=True)
     assert store.n_episodes == 0
     assert EpisodeStore.open(path).metadata["task"] == {"name": "can"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demos.zarr"]  # no temp leftovers
+    # never deletes something that is not a zarr store
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.jpg").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="not a zarr store"):
+        EpisodeStore.create(other, METADATA, overwrite=True)
+    assert (other / "a.jpg").exists()
+    with pytest.raises(DatasetError, match="'action_space'"):
+        EpisodeStore.create(tmp_path / "x.zarr", {"action_space": {"kind": "velocity"}})
 
 
 def test_append_after_reopen_and_update_metadata(tmp_path):

@@ -65,6 +65,19 @@ def window_indices(
     )
 
 
+def _gather_rows(store: EpisodeStore, key: str, rows: np.ndarray) -> np.ndarray:
+    """``store.read(key)[rows]`` in one sequential pass of bounded blocks (peak memory: the
+    result plus one block, not the whole array)."""
+    out = np.empty((len(rows), *store.key_shape(key)), dtype=store.key_dtype(key))
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    for start, block in store.iter_blocks(key):
+        lo, hi = np.searchsorted(sorted_rows, [start, start + len(block)])
+        if hi > lo:
+            out[order[lo:hi]] = block[sorted_rows[lo:hi] - start]
+    return out
+
+
 class WindowDataset(Dataset):
     """torch Dataset of windows ``{"obs": {key: (To, ...)}, "action": (Tp, Da), "obs_pad",
     "action_pad"}`` over the episodes of a store (actions float32, low-dim obs float32, images
@@ -137,9 +150,7 @@ class WindowDataset(Dataset):
             [np.arange(s, s + n) for s, n in zip(self._src_start, self._lengths, strict=True)]
         )
         for k in memory_keys:
-            # one sequential read of the key, then keep the selected episodes' rows
-            full = store.read(k)
-            self._mem[k] = full if np.array_equal(rows, np.arange(len(full))) else full[rows]
+            self._mem[k] = _gather_rows(store, k, rows)
         self._lazy_keys = [k for k in keys if k not in self._mem]
         self._store: EpisodeStore | None = store if self._lazy_keys else None
         self._store_pid = os.getpid()

@@ -24,6 +24,8 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,18 +172,55 @@ class EpisodeStore:
             )
         meta["schema_version"] = SCHEMA_VERSION
         meta.setdefault("created_by", _created_by())
+        action_space = meta.get("action_space")
+        if action_space is not None and (
+            not isinstance(action_space, dict)
+            or action_space.get("kind") not in (None, "delta", "absolute")
+        ):
+            raise DatasetError(
+                f"{path}: metadata key 'action_space': kind must be 'delta' or 'absolute', "
+                f"got {action_space!r}"
+            )
         if _is_local(path):
-            local = Path(path[len("file://") :] if path.startswith("file://") else path)
-            if local.exists() and not overwrite:
-                raise DatasetError(f"{path}: already exists (pass overwrite=True to replace it)")
+            return cls._create_local(path, meta, overwrite)
         store = _open_zarr_store(path, "w", storage_options)
-        if not _is_local(path) and not overwrite:
+        if not overwrite:
             try:
                 zarr.open_group(store, mode="r")
             except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
                 pass
             else:
                 raise DatasetError(f"{path}: already exists (pass overwrite=True to replace it)")
+        cls._init_group(store, meta)
+        return cls.open(path, "a", storage_options=storage_options, check_values=False)
+
+    @classmethod
+    def _create_local(cls, path: str, meta: dict[str, Any], overwrite: bool) -> EpisodeStore:
+        """Build the empty store under a temporary name, then rename it into place, so a killed
+        creator leaves either nothing or a complete empty store at ``path``."""
+        final = Path(path[len("file://") :] if path.startswith("file://") else path)
+        if final.exists():
+            if not overwrite:
+                raise DatasetError(f"{path}: already exists (pass overwrite=True to replace it)")
+            if not (
+                final.is_dir() and ((final / "zarr.json").exists() or (final / ".zgroup").exists())
+            ):
+                raise DatasetError(
+                    f"{path}: exists and is not a zarr store; refusing to overwrite it"
+                )
+        tmp = final.with_name(f"{final.name}.creating-{uuid.uuid4().hex[:8]}")
+        try:
+            cls._init_group(zarr.storage.LocalStore(str(tmp)), meta)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cls.open(path, "a", check_values=False)
+
+    @staticmethod
+    def _init_group(store: Any, meta: dict[str, Any]) -> None:
         root = zarr.open_group(store, mode="w", zarr_format=3)
         root.create_group("data")
         meta_group = root.create_group("meta")
@@ -194,7 +233,6 @@ class EpisodeStore:
             fill_value=0,
         )
         root.attrs.update(meta)
-        return cls(root, path, "a")
 
     @classmethod
     def open(
