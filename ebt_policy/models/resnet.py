@@ -88,6 +88,14 @@ class SpatialSoftmax(nn.Module):
         return torch.cat([ex, ey], dim=-1)  # (N, 2K)
 
 
+def trunk_output_size(n: int) -> int:
+    """Spatial size after the ResNet-18 trunk (stride 32 overall) for an input of size n."""
+    n = (n - 1) // 2 + 1  # 7x7 stride-2 conv, padding 3
+    for _ in range(4):  # 3x3 stride-2 max-pool, then the three stride-2 stages
+        n = (n - 1) // 2 + 1
+    return n
+
+
 def random_crop(
     images: Tensor, crop_h: int, crop_w: int, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -148,6 +156,13 @@ class ImageEncoder(nn.Module):
         self.crop_h = max(1, round(H * crop_fraction))
         self.crop_w = max(1, round(W * crop_fraction))
         self.jitter = color_jitter
+        fh, fw = trunk_output_size(self.crop_h), trunk_output_size(self.crop_w)
+        if fh * fw < 2:
+            # A 1x1 feature map makes every spatial-softmax keypoint the same constant.
+            raise ValueError(
+                f"images of {H}x{W} (crop {self.crop_h}x{self.crop_w}) are too small for the "
+                f"ResNet-18 trunk: its feature map would be {fh}x{fw}; use at least 40x40"
+            )
         self.trunk = ResNet18GN(C, width)
         self.keypoints = SpatialSoftmax(self.trunk.out_channels, n_keypoints)
         self.proj = nn.Linear(2 * n_keypoints, out_dim)
