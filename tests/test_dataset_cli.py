@@ -51,7 +51,8 @@ def _dp_format2_store(path) -> None:
         [8, 9],
     ]
     root.create_array("data/state", shape=(5, 5), chunks=(5, 5), dtype="float32")[:] = 0.0
-    root.create_array("data/img", shape=(5, 8, 8, 3), chunks=(1, 8, 8, 3), dtype="uint8")[:] = 0
+    # float32 in [0, 255], as in Diffusion Policy's PushT store
+    root.create_array("data/img", shape=(5, 8, 8, 3), chunks=(1, 8, 8, 3), dtype="float32")[:] = 9
     root.create_array("meta/episode_ends", shape=(2,), chunks=(2,), dtype="int64")[:] = [2, 5]
 
 

@@ -139,3 +139,21 @@ def test_split_episodes():
     assert split_episodes(5, 0.0) == ([0, 1, 2, 3, 4], [])
     with pytest.raises(ConfigError, match="val_fraction"):
         split_episodes(5, 1.0)
+
+
+def test_windows_from_diffusion_policy_format2_store(tmp_path):
+    import zarr
+
+    path = str(tmp_path / "pusht.zarr")
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    root.create_array("data/action", shape=(5, 2), chunks=(5, 2), dtype="float32")[:] = np.arange(
+        10
+    ).reshape(5, 2)
+    root.create_array("data/img", shape=(5, 4, 4, 3), chunks=(1, 4, 4, 3), dtype="float32")[:] = 1
+    root.create_array("meta/episode_ends", shape=(2,), chunks=(2,), dtype="int64")[:] = [2, 5]
+    ds = WindowDataset(path, ["img"], n_obs_steps=2, horizon=3, in_memory=False)
+    assert ds.rgb_keys == ["img"] and len(ds) == 5
+    item = ds[2]  # episode 1, t = 0
+    assert item["action"][:, 0].tolist() == [4.0, 4.0, 6.0]
+    assert item["action_pad"].tolist() == [True, False, False]
+    assert item["obs"]["img"].shape == (2, 4, 4, 3)

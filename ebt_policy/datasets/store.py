@@ -434,13 +434,14 @@ class EpisodeStore:
 
     def is_rgb(self, key: str) -> bool:
         """True for image keys: listed under metadata obs_keys.rgb, named ``*_image``, or stored
-        as uint8 (H, W, C) frames (as in Diffusion Policy's stores, e.g. ``img``)."""
+        as (H, W, C) frames with 1, 3 or 4 channels, as in Diffusion Policy's stores (``img``,
+        float32 in [0, 255] in its PushT data)."""
         obs_keys = self._root.attrs.get("obs_keys")
         if isinstance(obs_keys, Mapping) and key in (obs_keys.get("rgb") or []):
             return True
         if key in self._arrays:
             arr = self._arrays[key]
-            if arr.dtype == np.uint8 and arr.ndim == 4:
+            if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
                 return True
         return is_rgb_key(key)
 
