@@ -56,7 +56,11 @@ def is_rgb_key(key: str) -> bool:
     return key.endswith(RGB_SUFFIX)
 
 
-def _compressors() -> list[Any]:
+def _compressors(zarr_format: int = 3) -> list[Any]:
+    if zarr_format == 2:  # appending first arrays to an empty format-2 store
+        import numcodecs
+
+        return [numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)]
     return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]
 
 
@@ -594,7 +598,7 @@ class EpisodeStore:
                     shape=(0, *a.shape[1:]),
                     dtype=a.dtype,
                     chunks=(_chunk_rows(a.shape[1:], a.dtype, rgb), *a.shape[1:]),
-                    compressors=_compressors(),
+                    compressors=_compressors(self.zarr_format),
                     fill_value=0,
                 )
         # 1. rows of every key, invisible until the shapes are saved
