@@ -312,7 +312,9 @@ class EpisodeStore:
         self._data = data
         with self._reading("meta/episode_ends"):
             ends = np.asarray(ends_arr[:], dtype=np.int64)
-        for i in range(len(ends)):
+        bad = np.flatnonzero(np.diff(ends, prepend=0) <= 0)
+        if len(bad):
+            i = int(bad[0])
             prev = ends[i - 1] if i > 0 else 0
             if ends[i] == prev:
                 raise self._err(
