@@ -26,6 +26,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "ebt_policy.envs.cli:collect_main",
         "Collect scripted-expert demonstrations into an episode store (resumable).",
     ),
+    ("eval",): (
+        "ebt_policy.envs.cli:eval_main",
+        "Evaluate a checkpoint in simulation over seeded episodes (success, energy, videos).",
+    ),
 }
 
 

@@ -20,9 +20,9 @@ Per-row policy state: a policy may define ``start_episode(row, seed)`` and accep
 ``predict_chunk(obs_window, rows=...)`` (as :class:`ebt_policy.policies.expert.ExpertPolicy`
 does). The runner then tells it which slot each batch element is and when a slot starts an
 episode (with the episode's seed), so per-episode state (warm starts, expert phase machines,
-per-episode noise) follows the slot. Other policies get ``reset()`` at the start and whenever the
-set of slots they plan for differs from their previous call (a new episode began somewhere, or
-slots fell out of step), so no state leaks from one slot or episode to another.
+per-episode noise) follows the slot. Other policies get ``reset()`` at the start, before planning
+the first chunk of any episode, and whenever the set of slots they plan for differs from their
+previous call (slots fell out of step), so no state leaks from one slot or episode to another.
 """
 
 from __future__ import annotations
@@ -402,7 +402,8 @@ def evaluate(
                 if row_aware:
                     pred = policy.predict_chunk(window, rows=need)
                 else:
-                    if last_rows is not None and last_rows != need:
+                    fresh = any(slots[r].record.length == 0 for r in need)  # type: ignore[union-attr]
+                    if last_rows is not None and (last_rows != need or fresh):
                         policy.reset()
                     pred = policy.predict_chunk(window)
                 last_rows = need

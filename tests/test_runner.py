@@ -1,0 +1,194 @@
+"""Evaluation runner: seeded episodes over vector envs, obs stacking, chunk execution, outputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ebt_policy.datasets import EpisodeStore
+from ebt_policy.envs import make_env
+from ebt_policy.envs.collect import collect
+from ebt_policy.envs.runner import EvalResult, evaluate
+from ebt_policy.envs.twogoal import GOALS
+from ebt_policy.envs.video import annotate
+from ebt_policy.errors import ConfigError
+from ebt_policy.policies.base import ChunkPrediction, Policy
+from ebt_policy.policies.expert import ExpertPolicy
+
+
+class ChunkPolicy:
+    """Deterministic twogoal controller with To=2, Ta=3 that records what it was given.
+
+    It reports a fake per-row energy (distance to its target) and steps, like a real policy.
+    It keeps no state across calls, so its results must not depend on how rows are batched.
+    """
+
+    name = "chunk-test"
+    n_obs_steps = 2
+    n_action_steps = 3
+    horizon = 4
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def predict_chunk(self, obs_window: dict[str, np.ndarray]) -> ChunkPrediction:
+        pos = obs_window["agent_pos"][:, -1].astype(np.float64)  # (B, 2)
+        around = (pos[:, 1] < 0.0) & (pos[:, 0] < 0.17)
+        target = np.where(around[:, None], [[0.2, -0.05]], GOALS[1][None])
+        err = target - pos
+        actions = np.clip(8.0 * err, -1, 1).astype(np.float32)  # (B, 2)
+        chunk = np.repeat(actions[:, None], self.horizon, axis=1)  # (B, Tp, 2)
+        acts = chunk[:, self.n_obs_steps - 1 : self.n_obs_steps - 1 + self.n_action_steps]
+        self.calls.append(({k: v.copy() for k, v in obs_window.items()}, acts.copy()))
+        return ChunkPrediction(
+            actions=acts,
+            chunk=chunk,
+            energy=np.linalg.norm(err, axis=1),
+            steps=np.full(len(pos), 2),
+            grad_norm=np.full(len(pos), 1e-3),
+            latency_s=1e-4,
+        )
+
+
+def _outcomes(result: EvalResult) -> list[tuple]:
+    return [
+        (e.episode, e.seed, e.success, e.length, e.total_reward, [c.t for c in e.chunks])
+        for e in result.episodes
+    ]
+
+
+def test_chunks_and_stacked_observations_replay_exactly() -> None:
+    """Each chunk sees [obs t-1, obs t] (first frame repeated at t=0) and its Ta actions run."""
+    policy = ChunkPolicy()
+    assert isinstance(policy, Policy)
+    result = evaluate(policy, task="twogoal", episodes=3, seed=5, workers=1)
+    assert [e.seed for e in result.episodes] == [5, 6, 7]
+    assert result.success_rate == 1.0
+    assert policy.resets >= 3  # no state may leak from one episode into the next
+    calls = iter(policy.calls)
+    env = make_env("twogoal")
+    ta = policy.n_action_steps
+    for record in result.episodes:
+        obs, _ = env.reset(seed=record.seed)
+        history = [obs, obs]
+        t, done = 0, False
+        while not done:
+            window, actions = next(calls)
+            assert t % ta == 0 and window["agent_pos"].shape == (1, 2, 2)
+            for key in obs:
+                np.testing.assert_array_equal(window[key][0], np.stack([h[key] for h in history]))
+            for action in actions[0]:
+                obs, _, terminated, truncated, info = env.step(action)
+                history = [history[-1], obs]
+                t += 1
+                if terminated or truncated:
+                    done = True
+                    break
+        assert t == record.length and info["success"] == record.success
+        assert [c.t for c in record.chunks] == list(range(0, record.length, ta))
+        assert all(c.energy is not None and c.steps == 2 for c in record.chunks)
+    assert next(calls, None) is None
+    env.close()
+
+
+def test_two_async_workers_give_the_same_per_seed_results() -> None:
+    for make_policy in (ChunkPolicy, lambda: ExpertPolicy("twogoal")):
+        one = evaluate(make_policy(), task="twogoal", episodes=5, seed=0, workers=1)
+        two = evaluate(make_policy(), task="twogoal", episodes=5, seed=0, workers=2)
+        assert two.workers == 2
+        assert _outcomes(one) == _outcomes(two)
+        energies = [[c.energy for c in e.chunks] for e in one.episodes]
+        assert energies == [[c.energy for c in e.chunks] for e in two.episodes]
+
+
+def test_expert_scores_the_same_through_the_runner_as_when_collecting(tmp_path: Path) -> None:
+    out = tmp_path / "lift.zarr"
+    summary = collect("lift", 3, out, seed=0, keep_failures=True)
+    store = EpisodeStore.open(out)
+    col = store.metadata["collection"]
+    assert col["kept_seeds"] == [0, 1, 2] and summary.attempts == 3
+    result = evaluate(ExpertPolicy("lift"), metadata=store.metadata, episodes=3, seed=0)
+    assert [e.seed for e in result.episodes] == col["kept_seeds"]
+    assert [e.success for e in result.episodes] == col["episode_success"]
+    assert [e.length for e in result.episodes] == store.episode_lengths().tolist()
+
+
+def test_max_steps_json_and_video(tmp_path: Path) -> None:
+    import imageio.v2 as imageio
+
+    policy = ChunkPolicy()
+    result = evaluate(
+        policy,
+        task="twogoal",
+        episodes=2,
+        seed=0,
+        max_steps=10,
+        video_dir=tmp_path / "videos",
+        n_videos=1,
+        json_path=tmp_path / "eval.json",
+    )
+    assert [e.length for e in result.episodes] == [10, 10]
+    assert all(e.truncated and not e.terminated and not e.success for e in result.episodes)
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["success_rate"] == 0.0 and data["n_episodes"] == 2
+    assert [e["seed"] for e in data["episodes"]] == [0, 1]
+    chunks = data["episodes"][0]["chunks"]
+    assert len(chunks) == 4 and all(c["steps"] == 2 for c in chunks)  # ceil(10 / 3)
+    energies = [c["energy"] for e in data["episodes"] for c in e["chunks"]]
+    assert data["energy_min"] == pytest.approx(min(energies))
+    assert data["energy_max"] == pytest.approx(max(energies))
+    assert data["latency_p50_ms"] == pytest.approx(0.1)
+    assert json.loads(result.to_json()) == data
+
+    videos = sorted((tmp_path / "videos").iterdir())
+    assert [v.name for v in videos] == ["episode_000_seed0.mp4"]
+    assert result.episodes[0].video == str(videos[0]) and result.episodes[1].video is None
+    reader = imageio.get_reader(videos[0])
+    frames = [frame for frame in reader.iter_data()]  # list() would ask len(): inf for ffmpeg
+    reader.close()
+    assert len(frames) == 11  # the reset frame and one per step
+    assert frames[0].shape == (256, 256, 3)
+    plain = np.zeros((64, 64, 3), np.uint8)
+    assert annotate(plain, ["E=+0.1234"]).any()  # text is drawn
+
+
+def test_bad_arguments_raise_config_errors() -> None:
+    with pytest.raises(ConfigError, match="exactly one of task"):
+        evaluate(ChunkPolicy(), episodes=1)
+    with pytest.raises(ConfigError, match="episodes"):
+        evaluate(ChunkPolicy(), task="twogoal", episodes=0)
+
+
+def test_eval_cli_with_a_tiny_trained_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from ebt_policy.cli import main
+
+    store = tmp_path / "demos.zarr"
+    collect("twogoal", 3, store, seed=0)
+    run = tmp_path / "run"
+    train = ["train", "--dataset", str(store), "--out", str(run), "--preset", "mlp"]
+    train += ["--steps", "4", "--batch-size", "8", "--device", "cpu", "--no-progress"]
+    train += ["--policy-cfg.mlp-hidden", "32", "--save-every", "4"]
+    assert main(train) == 0
+    capsys.readouterr()
+    out_json = tmp_path / "eval.json"
+    t0 = time.perf_counter()
+    argv = ["eval", "--checkpoint", str(run), "--episodes", "2", "--max-steps", "16"]
+    argv += ["--json", str(out_json), "--seed", "7"]
+    assert main(argv) == 0
+    assert time.perf_counter() - t0 < 60
+    printed = capsys.readouterr().out
+    assert "success rate" in printed and "latency p50" in printed
+    data = json.loads(out_json.read_text())
+    assert data["task"] == "twogoal" and [e["seed"] for e in data["episodes"]] == [7, 8]
+    assert all(e["length"] <= 16 for e in data["episodes"])
+    assert data["n_chunks"] > 0 and data["energy_min"] is not None  # the EBT policy's energy
