@@ -89,6 +89,12 @@ def test_import_default_keys_and_cli(tmp_path, capsys):
     args = ["dataset", "import-robomimic", str(src), "--out", str(out), "--obs-keys", "object"]
     assert main([*args, "--overwrite"]) == 0
     assert EpisodeStore.open(out).keys == ["action", "object"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"x")
+    assert main(["dataset", "import-robomimic", str(src), "--out", str(photos), "--overwrite"]) == 2
+    assert "not a zarr store" in capsys.readouterr().err
+    assert (photos / "a.jpg").exists()
 
 
 @pytest.mark.parametrize(

@@ -122,8 +122,11 @@ def import_robomimic(
     path, out = os.fspath(hdf5_path), os.fspath(out)
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: no such file")
-    if os.path.exists(out) and not overwrite:
-        raise DatasetError(f"{out}: already exists (pass overwrite to replace it)")
+    if os.path.exists(out):
+        if not overwrite:
+            raise DatasetError(f"{out}: already exists (pass overwrite to replace it)")
+        if not any(os.path.exists(os.path.join(out, m)) for m in ("zarr.json", ".zgroup")):
+            raise DatasetError(f"{out}: exists and is not a zarr store; refusing to overwrite it")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
