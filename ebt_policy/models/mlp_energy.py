@@ -37,8 +37,8 @@ class MLPEnergy(nn.Module):
         layers: list[nn.Module] = [nn.SiLU()]
         for _ in range(n_layers - 1):
             layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        layers.append(nn.Linear(hidden, horizon * action_dim))
         self.trunk = nn.Sequential(*layers)
+        self.out = nn.Linear(hidden, horizon * action_dim)
 
     def encode_context(self, frames: Tensor) -> Tensor:
         """Per-frame features (B, To, F) -> observation part of the first layer (B, hidden)."""
@@ -49,5 +49,7 @@ class MLPEnergy(nn.Module):
 
         ``fused`` is accepted for interface parity with the transformer and ignored.
         """
-        h = context + self.chunk_in(chunk.flatten(1))  # (B, hidden)
-        return self.trunk(h).mean(dim=-1)  # (B, Tp*Da) -> (B,)
+        h = self.trunk(context + self.chunk_in(chunk.flatten(1)))  # (B, hidden)
+        # mean_j(out(h)_j) computed as h . mean_j(W_j) + mean(b): the same function and gradients
+        # as the per-output mean, without the (hidden x Tp*Da) matmuls in every descent step.
+        return h @ self.out.weight.mean(dim=0) + self.out.bias.mean()  # (B,)
