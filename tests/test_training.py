@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,23 @@ def test_resume_gives_the_same_loss_curve(
         for key in wa:
             assert torch.equal(wa[key], wb[key]), f"{name}: {key} differs after resume"
 
+    # a longer run from the finished one: the schedule is re-planned for the new total
+    longer = train(_cfg(toy_store, tmp_path / "resumed", resume=True, steps=50))
+    c = _metrics(longer)
+    assert [m["step"] for m in c] == list(range(1, 51))
+    assert c[:40] == b  # the first 40 steps' lines are kept
+    reference = train_loop.make_scheduler(
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3),
+        _cfg(toy_store, tmp_path, steps=50, warmup_steps=8).resolved(),  # warm-up kept: 40 // 5
+    )
+    expected_lr = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # stepping without optimiser steps
+        for _ in range(50):
+            expected_lr.append(reference.get_last_lr()[0])
+            reference.step()
+    np.testing.assert_allclose([m["lr"] for m in c[40:]], expected_lr[40:], rtol=1e-9)
+
 
 def test_minutes_budget_stops_and_saves(toy_store: Path, tmp_path: Path) -> None:
     run = train(_cfg(toy_store, tmp_path / "run", steps=10_000, minutes=1e-5))
@@ -239,3 +257,42 @@ def test_ddp_two_cpu_processes_gloo(toy_store: Path, tmp_path: Path) -> None:
     policy = load_policy(out)
     obs = {"state": np.zeros((1, policy.n_obs_steps, 3), dtype=np.float32)}
     assert np.isfinite(policy.predict_chunk(obs).actions).all()
+
+
+def test_sigkill_mid_run_leaves_a_loadable_last_and_resume_finishes(
+    toy_store: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "ebt_policy.cli", "train", "--dataset", str(toy_store),
+        "--out", str(out), "--preset", "mlp", "--policy-cfg.mlp-hidden", "32",
+        "--steps", "100000", "--warmup-steps", "2", "--batch-size", "8", "--device", "cpu",
+        "--no-progress", "--save-every", "1", "--keep-checkpoints", "2", "--resume",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        # checkpoints every step: kill while it is writing them
+        while len(list((out / "checkpoints").glob("step_*"))) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    from ebt_policy import load_policy
+
+    policy = load_policy(out)  # 'last' names a complete checkpoint
+    step = json.loads((out / "checkpoints" / "last" / "config.json").read_text())["step"]
+    assert step >= 2
+    cmd[cmd.index("100000")] = str(step + 3)
+    cmd[cmd.index("--save-every") + 1] = "0"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = json.loads((out / "checkpoints" / "last" / "config.json").read_text())["step"]
+    assert final == step + 3
+    assert policy.n_obs_steps == 2

@@ -171,6 +171,7 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset(
     {
         "resume",
+        "steps",  # the LR schedule is re-planned for the new total (see train())
         "minutes",
         "device",
         "num_workers",

@@ -287,7 +287,17 @@ def _default_obs_keys(store: Any) -> list[str]:
     return [k for k in store.keys if k != "action"]
 
 
-def _check_resume_compatible(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
+def _check_resume_compatible(
+    saved: dict[str, Any], cfg: TrainConfig, where: Path, warmup_explicit: bool
+) -> TrainConfig:
+    """ConfigError listing settings that would change the optimisation; returns ``cfg`` with
+    the original warm-up kept when only ``steps`` changed (the preset default depends on it)."""
+    if saved.get("steps") != cfg.steps and not warmup_explicit and "warmup_steps" in saved:
+        if saved["warmup_steps"] >= cfg.steps:
+            raise ConfigError(
+                f"steps: {cfg.steps} is within the original warm-up ({saved['warmup_steps']})"
+            )
+        cfg = dataclasses.replace(cfg, warmup_steps=saved["warmup_steps"])
     current = cfg.to_dict()
     differing = sorted(
         k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]
@@ -298,6 +308,7 @@ def _check_resume_compatible(saved: dict[str, Any], cfg: TrainConfig, where: Pat
             f"--resume from {where}: these settings differ from the checkpoint's ({details}); "
             "use the original values or a new --out"
         )
+    return cfg
 
 
 class _MetricsLog:
@@ -363,6 +374,7 @@ def train(cfg: TrainConfig) -> Path:
     from ebt_policy.datasets import EpisodeStore, WindowDataset, split_episodes
     from ebt_policy.policies import make_policy, make_policy_config
 
+    warmup_explicit = cfg.warmup_steps is not None
     cfg = cfg.resolved()
     requested = cfg.device
     if requested == "auto":
@@ -405,7 +417,9 @@ def train(cfg: TrainConfig) -> Path:
             )
         cfg = dataclasses.replace(cfg, obs_keys=obs_keys)
         if saved_ckpt_config is not None:
-            _check_resume_compatible(saved_ckpt_config.get("train_config", {}), cfg, resume_from)
+            cfg = _check_resume_compatible(
+                saved_ckpt_config.get("train_config", {}), cfg, resume_from, warmup_explicit
+            )
         shape_meta = store.shape_meta(obs_keys)
         stats = _load_stats(store, [*obs_keys, "action"])
         dataset_metadata = {k: v for k, v in store.metadata.items() if k != "stats"}
@@ -415,9 +429,15 @@ def train(cfg: TrainConfig) -> Path:
         policy_cfg = make_policy_config(cfg.policy, preset=cfg.preset, **cfg.policy_overrides)
         if saved_ckpt_config is not None:
             saved_policy = saved_ckpt_config["policy"]["config"]
-            if json.loads(json.dumps(dataclasses.asdict(policy_cfg))) != saved_policy:
+            current = json.loads(json.dumps(dataclasses.asdict(policy_cfg)))
+            differing = sorted(k for k in current if saved_policy.get(k) != current[k])
+            if differing:
+                details = ", ".join(
+                    f"{k}: {saved_policy.get(k)!r} -> {current[k]!r}" for k in differing
+                )
                 raise ConfigError(
-                    f"--resume from {resume_from}: the policy config differs from the checkpoint's"
+                    f"--resume from {resume_from}: the policy config differs from the "
+                    f"checkpoint's ({details})"
                 )
         policy = make_policy(policy_cfg, shape_meta, stats=stats).to(device)
 
@@ -495,6 +515,16 @@ def train(cfg: TrainConfig) -> Path:
                 if "ema" not in state:
                     raise CheckpointError(f"{resume_from}: training state has no EMA")
                 ema.load_state_dict(state["ema"])
+            if saved_ckpt_config["train_config"].get("steps") != cfg.steps:
+                # a new total: re-plan warm-up + cosine for it and fast-forward to this step
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr
+                    group.pop("initial_lr", None)
+                scheduler = make_scheduler(optimizer, cfg)
+                with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+                    warnings.simplefilter("ignore", UserWarning)
+                    for _ in range(int(progress["step"])):
+                        scheduler.step()
             step, epoch = int(progress["step"]), int(progress["epoch"])
             batch_in_epoch = int(progress["batch_in_epoch"])
             rngs = state["rng"]
