@@ -70,8 +70,9 @@ def test_collect_result_does_not_depend_on_workers(tmp_path: Path) -> None:
     _assert_same_episodes(_episodes(tmp_path / "one.zarr"), _episodes(tmp_path / "two.zarr"))
 
 
-def test_killed_collect_resumes_to_n_without_duplicates(tmp_path: Path) -> None:
-    """A real `ebt-policy collect` process is SIGKILLed midway; rerunning completes the store."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_collect_resumes_to_n_without_duplicates(tmp_path: Path, sig: int) -> None:
+    """A real `ebt-policy collect` process is killed midway; rerunning completes the store."""
     out = tmp_path / "demos.zarr"
     n = 40
     cmd = [sys.executable, "-m", "ebt_policy.cli", "collect", "--task", "twogoal"]
@@ -90,9 +91,10 @@ def test_killed_collect_resumes_to_n_without_duplicates(tmp_path: Path) -> None:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, f"collect ended before it could be killed: {proc.stderr.read()}"
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
     finally:
-        proc.wait(timeout=30)
+        code = proc.wait(timeout=30)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
     partial = EpisodeStore.open(out, check_values=False).n_episodes
     assert 3 <= partial < n
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ class CollectArgs:
             raise ConfigError(f"--render-size must be >= 8, got {self.render_size}")
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def collect_main(argv: list[str]) -> int:
     """Entry point of `ebt-policy collect`."""
     import tyro
@@ -52,19 +57,25 @@ def collect_main(argv: list[str]) -> int:
     from ebt_policy.envs.collect import collect, summary_table
 
     args = tyro.cli(CollectArgs, args=argv, prog="ebt-policy collect")
-    summary = collect(
-        task=args.task,
-        episodes=args.episodes,
-        out=args.out,
-        seed=args.seed,
-        images=args.images,
-        workers=args.workers,
-        keep_failures=args.keep_failures,
-        render_size=args.render_size,
-        max_steps=args.max_steps,
-        max_attempts=args.max_attempts,
-        progress=True,
-    )
+    # SIGTERM stops like Ctrl-C: workers are shut down; every committed episode stays, and a
+    # rerun resumes (a SIGKILL is safe too, it only skips the clean shutdown)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        summary = collect(
+            task=args.task,
+            episodes=args.episodes,
+            out=args.out,
+            seed=args.seed,
+            images=args.images,
+            workers=args.workers,
+            keep_failures=args.keep_failures,
+            render_size=args.render_size,
+            max_steps=args.max_steps,
+            max_attempts=args.max_attempts,
+            progress=True,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     Console().print(summary_table(summary))
     if summary.n_episodes < args.episodes:
         print(
