@@ -287,7 +287,7 @@ class EnergyDescent(torch.nn.Module):
 
 
 def _check_finite(e: Tensor, g: Tensor, step: int, n_steps: int) -> None:
-    if not (bool(torch.isfinite(e).all()) and bool(torch.isfinite(g).all())):
+    if not bool(torch.isfinite(e).all() & torch.isfinite(g).all()):  # one host sync
         raise NonFiniteEnergyError(step, n_steps, "inference")
 
 

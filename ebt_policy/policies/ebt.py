@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +123,9 @@ def _check_types(cfg: Any) -> None:
     """ConfigError naming the field whose value has the wrong type (ints pass as floats)."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        expected = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+        expected = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
+        if expected is None:  # a field type this check does not know: leave it to __post_init__
+            continue
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             setattr(cfg, f.name, float(value))
             continue
@@ -246,6 +249,7 @@ class EBTPolicy(nn.Module):
                 ffn_mult=config.ffn_mult,
             )
         self.descent = EnergyDescent(config.descent_config())
+        self._row_generators: dict[int, torch.Generator] = {}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -306,7 +310,35 @@ class EBTPolicy(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def reset(self) -> None:
-        """Nothing is carried between chunks yet (warm starts would be cleared here)."""
+        """Forget per-row episode state (the noise generators of :meth:`start_episode`)."""
+        self._row_generators.clear()
+
+    def start_episode(self, row: int, seed: int | None) -> None:
+        """Seed the initial noise of batch row ``row`` for an episode played with env ``seed``.
+
+        The evaluation runner calls this when a slot starts an episode and then passes
+        ``rows=`` to :meth:`predict_chunk`. Since the network and the per-sample descent treat
+        each sample on its own, an episode's chunks then do not depend on which other episodes
+        share the batch, nor on how many workers run. ``seed=None`` returns the row to the
+        global RNG.
+        """
+        if seed is None:
+            self._row_generators.pop(int(row), None)
+            return
+        self._row_generators[int(row)] = torch.Generator().manual_seed(int(seed))
+
+    def _initial_noise(
+        self, B: int, generator: torch.Generator | None, rows: Sequence[int] | None
+    ) -> Tensor:
+        """x_0 ~ N(0, I), (B, Tp, Da): from ``generator``, else per row, else the global RNG."""
+        shape = (self.horizon, self.action_dim)
+        if generator is not None or rows is None:
+            return torch.randn((B, *shape), device=self.device, generator=generator)
+        rows = [int(r) for r in rows]
+        if len(rows) != B:
+            raise EbtPolicyError(f"rows has {len(rows)} entries but the observation batch is {B}")
+        noise = [torch.randn(shape, generator=self._row_generators.get(r)) for r in rows]
+        return torch.stack(noise).to(self.device)
 
     def _obs_to_tensors(self, obs_window: dict[str, np.ndarray]) -> dict[str, Tensor]:
         dev = self.device
@@ -348,6 +380,7 @@ class EBTPolicy(nn.Module):
         max_steps: int | None = None,
         min_grad: float | None = None,
         init_chunk: Tensor | None = None,
+        rows: Sequence[int] | None = None,
     ) -> ChunkPrediction:
         """Plan one chunk per batch element from an observation window in env units.
 
@@ -356,6 +389,8 @@ class EBTPolicy(nn.Module):
             generator: seeds the initial noise x_0 ~ N(0, I) (device of the policy).
             max_steps, min_grad: override the config's inference stopping rule.
             init_chunk: start from this normalised chunk (B, Tp, Da) instead of noise.
+            rows: which batch row (env slot) each element is; with ``generator=None`` each row
+                draws its noise from the generator :meth:`start_episode` gave it.
         """
         t0 = time.perf_counter()
         obs = self._obs_to_tensors(obs_window)
@@ -363,9 +398,7 @@ class EBTPolicy(nn.Module):
         with torch.no_grad():
             context = self.encode(self._normalize_obs(obs), augment=False)
             if init_chunk is None:
-                x0 = torch.randn(
-                    (B, self.horizon, self.action_dim), device=context.device, generator=generator
-                )
+                x0 = self._initial_noise(B, generator, rows)
             else:
                 x0 = init_chunk.to(context.device, torch.float32)
         fused = self.config.fused_attention_inference
