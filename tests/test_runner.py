@@ -201,3 +201,42 @@ def test_eval_cli_with_a_saved_policy(tmp_path: Path, capsys: pytest.CaptureFixt
     bare = save_pretrained(policy, tmp_path / "bare", shape_meta=shape_meta)
     assert main(["eval", "--checkpoint", str(bare), "--episodes", "1"]) == 2
     assert "pass --task" in capsys.readouterr().err
+
+
+def test_installed_gymnasium_autoreset_semantics() -> None:
+    """Why the runner disables autoreset: check what this gymnasium version does.
+
+    Default (next-step) autoreset spends the step after an episode ends on an unseeded reset and
+    ignores that step's action; with autoreset disabled, ``reset_mask`` resets only the masked
+    env, with the seed we give it, and leaves the other env's episode running.
+    """
+    import functools
+
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode
+
+    env_fn = functools.partial(make_env, "twogoal", horizon=3)
+    single = env_fn()
+    expected, _ = single.reset(seed=42)
+    up = np.array([0.0, 1.0], np.float32)
+
+    envs = gym.vector.SyncVectorEnv([env_fn, env_fn])
+    envs.reset(seed=[1, 2])
+    for _ in range(3):
+        _, _, _, truncated, _ = envs.step(np.stack([up, up]))
+    assert truncated.all()
+    obs, reward, terminated, truncated, _ = envs.step(np.stack([up, up]))  # the autoreset step
+    assert not (terminated.any() or truncated.any()) and (reward == 0).all()
+    assert not np.allclose(obs["agent_pos"][0], expected["agent_pos"])
+    envs.close()
+
+    envs = gym.vector.SyncVectorEnv([env_fn, env_fn], autoreset_mode=AutoresetMode.DISABLED)
+    obs, _ = envs.reset(seed=[1, 2])
+    obs, *_ = envs.step(np.stack([up, up]))
+    before = obs["agent_pos"][1].copy()
+    mask = np.array([True, False])
+    obs, _ = envs.reset(seed=[42, None], options={"reset_mask": mask})
+    np.testing.assert_array_equal(obs["agent_pos"][0], expected["agent_pos"])
+    np.testing.assert_array_equal(obs["agent_pos"][1], before)  # untouched
+    envs.close()
+    single.close()
