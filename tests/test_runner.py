@@ -240,3 +240,26 @@ def test_installed_gymnasium_autoreset_semantics() -> None:
     np.testing.assert_array_equal(obs["agent_pos"][1], before)  # untouched
     envs.close()
     single.close()
+
+
+def test_image_policy_gets_stacked_camera_frames() -> None:
+    """A policy whose shape_meta has an rgb key gets the env built with cameras (uint8 HWC)."""
+
+    class ImagePolicy(ChunkPolicy):
+        shape_meta = {
+            "obs": {
+                "agent_pos": {"shape": [2], "type": "low_dim"},
+                "overhead_image": {"shape": [84, 84, 3], "type": "rgb"},
+            },
+            "action": {"shape": [2]},
+        }
+
+    policy = ImagePolicy()
+    result = evaluate(policy, task="twogoal", episodes=1, seed=0, max_steps=4)
+    assert result.episodes[0].length == 4
+    first, _ = policy.calls[0]
+    frames = first["overhead_image"]
+    assert frames.dtype == np.uint8 and frames.shape == (1, 2, 84, 84, 3)
+    np.testing.assert_array_equal(frames[0, 0], frames[0, 1])  # first frame repeated
+    second, _ = policy.calls[1]
+    assert not np.array_equal(second["overhead_image"][0, 0], second["overhead_image"][0, 1])
