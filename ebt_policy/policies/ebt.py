@@ -184,8 +184,8 @@ class EBTPolicy(nn.Module):
     Args:
         config: the recipe.
         shape_meta: ``{"obs": {key: {"shape", "type"}}, "action": {"shape": [Da]}}``.
-        stats: per-key statistics from ``compute_stats`` (robot units); ``None`` builds placeholder
-            statistics to be overwritten by ``load_state_dict``.
+        stats: per-key statistics from ``compute_stats`` (robot units). ``None`` builds an empty
+            normaliser for ``load_state_dict`` to fill (used before that, it raises ConfigError).
     """
 
     name = "ebt"
@@ -370,6 +370,8 @@ class EBTPolicy(nn.Module):
                 raise EbtPolicyError(
                     f"observation {key!r} has shape {arr.shape}; expected {expect}"
                 )
+            if per_frame is not None:
+                arr = arr.reshape(arr.shape[0], self.n_obs_steps, *per_frame)
             out[key] = torch.from_numpy(np.ascontiguousarray(arr)).to(dev)
         return out
 
@@ -379,7 +381,7 @@ class EBTPolicy(nn.Module):
         generator: torch.Generator | None = None,
         max_steps: int | None = None,
         min_grad: float | None = None,
-        init_chunk: Tensor | None = None,
+        init_chunk: Tensor | np.ndarray | None = None,
         rows: Sequence[int] | None = None,
     ) -> ChunkPrediction:
         """Plan one chunk per batch element from an observation window in env units.
@@ -400,7 +402,12 @@ class EBTPolicy(nn.Module):
             if init_chunk is None:
                 x0 = self._initial_noise(B, generator, rows)
             else:
-                x0 = init_chunk.to(context.device, torch.float32)
+                x0 = torch.as_tensor(init_chunk, dtype=torch.float32, device=context.device)
+                if x0.shape != (B, self.horizon, self.action_dim):
+                    raise EbtPolicyError(
+                        f"init_chunk has shape {tuple(x0.shape)}; expected "
+                        f"({B}, {self.horizon}, {self.action_dim})"
+                    )
         fused = self.config.fused_attention_inference
         result = self.descent.infer(
             self.energy_fn(context, fused=fused), x0, max_steps=max_steps, min_grad=min_grad
