@@ -224,19 +224,28 @@ class EnergyDescent(torch.nn.Module):
                 losses.append(torch.nn.functional.mse_loss(x.float(), target.float()))
             energies.append(e.detach())
             grads.append(g.detach())
-        ok = torch.stack(finite)
-        if not bool(ok.all()):
-            first = int((~ok).nonzero()[0, 0])
-            raise NonFiniteEnergyError(first, n_steps, "training")
         loss = torch.stack(losses).mean()
-        g_last = grads[-1].flatten(1).norm(dim=1)
+        # Everything the host needs (NaN flags and metrics) in one transfer: one sync per batch.
+        summary = torch.stack(
+            [
+                loss.detach(),
+                losses[-1].detach(),
+                energies[0].mean(),
+                energies[-1].mean(),
+                grads[-1].flatten(1).norm(dim=1).mean().float(),
+            ]
+        )
+        values = torch.cat([torch.stack(finite).float(), summary]).tolist()
+        flags, (loss_v, final_v, e_first, e_final, g_final) = values[:n_steps], values[n_steps:]
+        if not all(f == 1.0 for f in flags):
+            raise NonFiniteEnergyError(flags.index(0.0), n_steps, "training")
         metrics = {
-            "loss": float(loss.detach()),
-            "final_mse": float(losses[-1].detach()),
+            "loss": loss_v,
+            "final_mse": final_v,
             "n_steps": float(n_steps),
-            "energy_first": float(energies[0].mean()),
-            "energy_final": float(energies[-1].mean()),
-            "grad_norm_final": float(g_last.mean()),
+            "energy_first": e_first,
+            "energy_final": e_final,
+            "grad_norm_final": g_final,
         }
         return loss, metrics
 
