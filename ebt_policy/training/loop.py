@@ -245,6 +245,8 @@ def _init_distributed(device_kind: str) -> _Dist:
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         world_size=world_size,
     )
+    if device_kind == "cuda":  # before init, so NCCL binds this process to its own GPU
+        torch.cuda.set_device(dist_info.local_rank)
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
