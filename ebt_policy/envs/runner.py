@@ -295,6 +295,9 @@ def evaluate(
         # without cameras in the observations, render_size only sets the video's frame size
         kwargs["render_size"] = VIDEO_SIZE
     video_dir = Path(video_dir) if video_dir is not None else None
+    if images or record_video:
+        # headless rendering; env workers inherit it (it must be set before mujoco is imported)
+        os.environ.setdefault("MUJOCO_GL", "egl")
     fps = float(metadata.get("control_hz", spec.control_hz)) if metadata else spec.control_hz
 
     import gymnasium as gym
