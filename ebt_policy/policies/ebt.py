@@ -35,7 +35,7 @@ class EBTPolicyConfig:
     """Everything that defines an EBT policy. Sizes are configuration (see the presets)."""
 
     name: str = "ebt"
-    preset: str = "tiny"  # the preset this config started from (informational)
+    preset: str = "custom"  # the preset this config started from (informational)
     # --- shapes (method.md: To=2, Tp=16, Ta=8)
     n_obs_steps: int = 2
     horizon: int = 16
