@@ -296,3 +296,21 @@ def test_sigkill_mid_run_leaves_a_loadable_last_and_resume_finishes(
     final = json.loads((out / "checkpoints" / "last" / "config.json").read_text())["step"]
     assert final == step + 3
     assert policy.n_obs_steps == 2
+
+
+def test_normalisation_stats_come_from_the_store_metadata(tmp_path: Path) -> None:
+    from ebt_policy import load_policy
+    from ebt_policy.datasets import EpisodeStore, compute_stats
+
+    path = make_toy_store(tmp_path / "s.zarr", n_episodes=4, length=20)
+    stats = compute_stats(EpisodeStore.open(path), write=False)
+    # widen the action range in the metadata: the policy must use these, not recompute
+    custom = {k: {n: np.asarray(v).tolist() for n, v in s.items()} for k, s in stats.items()}
+    custom["action"]["min"] = [-2.0, -2.0]
+    custom["action"]["max"] = [3.0, 3.0]
+    EpisodeStore.open(path, mode="a").update_metadata(stats=custom)
+    run = train(_cfg(path, tmp_path / "run", steps=2, val_every=0, save_every=0))
+    norm = load_policy(run).normalizer.state_dict()
+    np.testing.assert_array_equal(norm["stats.action.min"], [-2.0, -2.0])
+    np.testing.assert_array_equal(norm["stats.action.max"], [3.0, 3.0])
+    np.testing.assert_allclose(norm["stats.state.max"], stats["state"]["max"], rtol=1e-6)

@@ -43,7 +43,8 @@ class TrainConfig:
     steps: int = 1000
     """Optimiser steps in total (the LR schedule spans these)."""
     minutes: float | None = None
-    """Optional wall-time budget for this invocation; stops (and saves) when reached."""
+    """Optional wall-time budget for this invocation; stops (and saves) when reached. The LR
+    schedule still spans ``steps``: pick steps that roughly fit the budget for a full cosine."""
     batch_size: int | None = None
     """Global batch size (split evenly across DDP processes). None: from the preset."""
     seed: int = 0
