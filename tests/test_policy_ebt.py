@@ -197,6 +197,10 @@ def test_predict_chunk_bad_observations():
         policy.predict_chunk({"robot0_eef_pos": obs["robot0_eef_pos"]})
     with pytest.raises(EbtPolicyError, match=r"'object' has shape \(2, 3, 5\)"):
         policy.predict_chunk({**obs, "object": np.zeros((2, 3, 5), np.float32)})
+    bad = obs["object"].copy()
+    bad[1, 0, 2] = np.nan
+    with pytest.raises(EbtPolicyError, match="'object' contains NaN"):
+        policy.predict_chunk({**obs, "object": bad})
 
 
 @pytest.mark.parametrize("images", [False, True])

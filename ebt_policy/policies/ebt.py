@@ -371,6 +371,8 @@ class EBTPolicy(nn.Module):
                     f"observation {key!r} has shape {arr.shape}; expected {expect}"
                 )
             if per_frame is not None:
+                if not np.isfinite(arr).all():
+                    raise EbtPolicyError(f"observation {key!r} contains NaN or Inf")
                 arr = arr.reshape(arr.shape[0], self.n_obs_steps, *per_frame)
             out[key] = torch.from_numpy(np.ascontiguousarray(arr)).to(dev)
         return out
