@@ -13,9 +13,11 @@ Two tables, both measured on this run on the current device:
 2. Recipes (``--recipes``): trains the same model for a fixed wall time per recipe on a store (a
    deterministic toy store by default, or ``--dataset``) and reports the held-out error of the
    predicted chunk with 2 inference descent steps, so recipes with different losses compare on what
-   matters: fewer unrolled steps, final-step-only loss, bf16 autocast.
+   matters: fewer unrolled steps, final-step-only loss, bf16 autocast. With a simulator store
+   (``ebt-policy collect``) ``--eval-episodes N`` adds the closed-loop success rate.
 
        python benchmarks/train_throughput.py --recipes [--seconds 45] [--recipe-preset tiny]
+           [--dataset lift.zarr --eval-episodes 20]
 """
 
 from __future__ import annotations
@@ -196,6 +198,17 @@ def _heldout_error(run_dir: Path, dataset: str, max_windows: int = 512) -> float
     return float(np.mean((pred.chunk - target) ** 2))
 
 
+def _success_rate(run_dir: Path, dataset: str, episodes: int) -> float:
+    """Closed-loop success in the store's own task (its metadata rebuilds the env)."""
+    from ebt_policy import load_policy
+    from ebt_policy.datasets import EpisodeStore
+    from ebt_policy.envs.runner import evaluate
+
+    metadata = EpisodeStore.open(dataset).metadata
+    result = evaluate(load_policy(run_dir), metadata=metadata, episodes=episodes, seed=100_000)
+    return float(result.success_rate)
+
+
 def recipes(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ebt_policy.training import train
 
@@ -223,14 +236,15 @@ def recipes(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
             train(cfg)
             lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-            rows.append(
-                {
-                    "recipe": name,
-                    "steps_done": lines[-1]["step"],
-                    "train_final_mse": float(np.mean([m["final_mse"] for m in lines[-5:]])),
-                    "heldout_mse_2_steps": _heldout_error(out, dataset),
-                }
-            )
+            row = {
+                "recipe": name,
+                "steps_done": lines[-1]["step"],
+                "train_final_mse": float(np.mean([m["final_mse"] for m in lines[-5:]])),
+                "heldout_mse_2_steps": _heldout_error(out, dataset),
+            }
+            if args.eval_episodes:
+                row["success"] = _success_rate(out, dataset, args.eval_episodes)
+            rows.append(row)
             print(f"  {rows[-1]}", file=sys.stderr)
     return rows
 
@@ -274,6 +288,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=45.0, help="training time per recipe")
     parser.add_argument("--recipe-preset", default="tiny")
     parser.add_argument("--dataset", default=None, help="store for --recipes (default: toy)")
+    parser.add_argument(
+        "--eval-episodes", type=int, default=0, help="closed-loop success per recipe (sim store)"
+    )
     parser.add_argument("--only", nargs="*", default=None, help="recipes whose name contains")
     args = parser.parse_args()
     if args.threads:
