@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,8 @@ def collect_main(argv: list[str]) -> int:
         print(
             f"error: stopped after {summary.attempts} attempts with {summary.n_episodes} of "
             f"{args.episodes} episodes (expert success rate {summary.success_rate:.1%}); "
-            "rerun to continue or raise --max-attempts"
+            "rerun to continue or raise --max-attempts",
+            file=sys.stderr,
         )
         return 1
     return 0
