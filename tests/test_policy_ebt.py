@@ -97,6 +97,20 @@ def test_presets():
     assert make_policy_config("ebt", "small", max_steps=20).max_steps == 20
 
 
+def test_paper_preset_builds_the_paper_model():
+    policy = make_policy(make_policy_config("ebt", "paper"), shape_meta(), random_stats())
+    energy = policy.energy
+    assert len(energy.obs_blocks) == 8 and len(energy.energy_blocks) == 8
+    assert energy.obs_in.out_features == 256 and energy.energy_blocks[0].self_attn.n_heads == 4
+
+
+def test_images_too_small_for_the_trunk_are_a_config_error():
+    meta = shape_meta()
+    meta["obs"]["agentview_image"] = {"shape": [24, 24, 3], "type": "rgb"}
+    with pytest.raises(ConfigError, match="24x24"):
+        make_policy(make_policy_config("ebt", "tiny"), meta, random_stats())
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="huge"):
         make_policy_config("ebt", "huge")

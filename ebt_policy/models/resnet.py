@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebt_policy.errors import ConfigError
+
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(max(1, channels // 16), channels)
@@ -159,7 +161,7 @@ class ImageEncoder(nn.Module):
         fh, fw = trunk_output_size(self.crop_h), trunk_output_size(self.crop_w)
         if fh * fw < 2:
             # A 1x1 feature map makes every spatial-softmax keypoint the same constant.
-            raise ValueError(
+            raise ConfigError(
                 f"images of {H}x{W} (crop {self.crop_h}x{self.crop_w}) are too small for the "
                 f"ResNet-18 trunk: its feature map would be {fh}x{fw}; use at least 40x40"
             )
