@@ -125,3 +125,21 @@ def test_cameras_render_84_uint8():
         assert env.observation_space.contains(obs)
     finally:
         env.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TASKS)
+def test_expert_success_rate_50_episodes(name, envs):
+    """Acceptance: >= 95% over 50 episodes (benchmarks/experts.py prints the same numbers)."""
+    spec, env = get_task(name), envs(name)
+    expert = spec.make_expert(seed=0)
+    successes = 0
+    for seed in range(50):
+        expert.reset()
+        obs, _ = env.reset(seed=seed)
+        for _ in range(spec.horizon):
+            obs, _, terminated, truncated, info = env.step(expert.act(obs))
+            if terminated or truncated:
+                break
+        successes += info["success"]
+    assert successes >= 48, f"{name}: {successes}/50"
