@@ -285,3 +285,18 @@ def test_ebt_policy_results_do_not_depend_on_workers(tmp_path: Path) -> None:
         np.testing.assert_allclose(
             [c.energy for c in a.chunks], [c.energy for c in b.chunks], rtol=1e-5
         )
+
+
+def test_pusht_coverage_is_the_max_over_the_episode() -> None:
+    from ebt_policy.envs import get_task
+    from ebt_policy.envs.collect import run_expert_episode
+
+    result = evaluate(ExpertPolicy("pusht"), task="pusht", episodes=1, seed=3, max_steps=12)
+    env = make_env("pusht")
+    attempt = run_expert_episode(env, get_task("pusht"), 3, max_steps=12)
+    env.close()
+    record = result.episodes[0]
+    assert record.length == attempt.length == 12
+    assert record.coverage == attempt.coverage and 0.0 <= record.coverage <= 1.0
+    assert result.mean_coverage == record.coverage
+    assert json.loads(result.to_json())["mean_coverage"] == record.coverage
