@@ -122,3 +122,64 @@ def test_expert_success_rate_50_episodes():
                 break
         successes += info["success"]
     assert successes >= 48
+
+
+@pytest.mark.slow
+def test_mse_regression_policy_fails():
+    """What the task is for: regressing the mean action of the demonstrations (here an MLP on the
+    current and previous observation) stalls between the modes and never reaches a goal."""
+    import torch
+
+    torch.manual_seed(0)
+    spec = get_task("twogoal")
+    env = make_env("twogoal")
+    expert = spec.make_expert(0)
+
+    def features(obs, prev):
+        cur = np.concatenate([obs["agent_pos"], obs["agent_vel"]])
+        return np.concatenate([cur, cur if prev is None else prev]), cur
+
+    xs, ys = [], []
+    for seed in range(200):
+        expert.reset()
+        obs, _ = env.reset(seed=seed)
+        prev = None
+        for _ in range(spec.horizon):
+            action = expert.act(obs)
+            x, prev = features(obs, prev)
+            xs.append(x)
+            ys.append(action)
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+    x_all, y_all = torch.tensor(np.array(xs)), torch.tensor(np.array(ys))
+    mean, std = x_all.mean(0), x_all.std(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 256),
+        torch.nn.SiLU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.SiLU(),
+        torch.nn.Linear(256, 2),
+    )
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for _ in range(3000):
+        idx = torch.randint(0, len(x_all), (256,))
+        loss = ((net((x_all[idx] - mean) / std) - y_all[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05  # it fits the demonstrations as well as a mean can
+
+    successes = 0
+    for seed in range(20):
+        obs, _ = env.reset(seed=10_000 + seed)
+        prev = None
+        for _ in range(spec.horizon):
+            x, prev = features(obs, prev)
+            with torch.no_grad():
+                action = net((torch.tensor(x) - mean) / std).numpy()
+            obs, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
+        successes += info["success"]
+    assert successes <= 2

@@ -305,8 +305,16 @@ class StackExpert(_PickPlaceExpert):
 
 
 class TwoGoalExpert:
-    """twogoal: pick a side at random each episode, pass beside the obstacle, then go to that
-    side's goal. Waypoints, speed and noise vary per episode."""
+    """twogoal: go straight up toward the obstacle, stop, then pick a side at random, pass beside
+    the obstacle and go to that side's goal.
+
+    The side does not depend on the state: every demonstration goes up the same corridor (start
+    positions spread +-5 cm, the obstacle is 20 cm wide), holds still for a few steps at a random
+    height below the obstacle and turns left or right from rest. At the turn the same states
+    (and the same recent history: standing still) carry both actions, so a policy that regresses
+    the mean action gets no sideways push there and stays put. Waypoints, hold time, speed and
+    noise vary per episode.
+    """
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -316,17 +324,17 @@ class TwoGoalExpert:
         """New episode: draw the side (the mode) and this episode's path."""
         self.side = 1.0 if self.rng.random() < 0.5 else -1.0
         x_clear = twogoal.OBSTACLE_CENTER[0] + twogoal.OBSTACLE_HALF[0] + twogoal.AGENT_RADIUS
-        y_below = twogoal.OBSTACLE_CENTER[1] - twogoal.OBSTACLE_HALF[1]
-        self.waypoints = [
-            np.array(
-                [
-                    self.side * self.rng.uniform(x_clear + 0.04, x_clear + 0.1),
-                    self.rng.uniform(y_below - 0.06, y_below - 0.01),
-                ]
-            ),
-            twogoal.GOALS[1 if self.side > 0 else 0] + self.rng.uniform(-0.01, 0.01, 2),
-        ]
-        self.index = 0
+        y_below = twogoal.OBSTACLE_CENTER[1] - twogoal.OBSTACLE_HALF[1] - twogoal.AGENT_RADIUS
+        self.turn_y = self.rng.uniform(y_below - 0.08, y_below - 0.03)
+        self.beside = np.array(
+            [
+                self.side * self.rng.uniform(x_clear + 0.04, x_clear + 0.07),
+                self.turn_y + self.rng.uniform(0.0, 0.03),
+            ]
+        )
+        self.goal = twogoal.GOALS[1 if self.side > 0 else 0] + self.rng.uniform(-0.01, 0.01, 2)
+        self.wait = int(self.rng.integers(4, 11))  # steps to hold still before turning
+        self.stage = 0  # 0: up the corridor, 1: hold, 2: sideways, 3: to the goal
         self.gain = self.rng.uniform(8.0, 14.0)
         self.speed = self.rng.uniform(0.7, 1.0)
         self.noise = self.rng.uniform(0.0, 0.1)
@@ -334,10 +342,21 @@ class TwoGoalExpert:
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Next action (float32 (2,))."""
         pos = np.asarray(obs["agent_pos"], dtype=np.float64)
-        if self.index == 0 and np.linalg.norm(self.waypoints[0] - pos) < 0.04:
-            self.index = 1
-        err = self.waypoints[self.index] - pos
-        action = self.gain * err
+        if self.stage == 0 and pos[1] >= self.turn_y - 0.005:
+            self.stage, self.hold = 1, np.array([pos[0], self.turn_y])
+        if self.stage == 1:
+            self.wait -= 1
+            if self.wait < 0:
+                self.stage = 2
+        if self.stage == 2 and np.linalg.norm(self.beside - pos) < 0.04:
+            self.stage = 3
+        if self.stage == 0:
+            target = np.array([pos[0], self.turn_y])  # straight up, whatever x the start had
+        elif self.stage == 1:
+            target = self.hold
+        else:
+            target = self.beside if self.stage == 2 else self.goal
+        action = self.gain * (target - pos)
         norm = np.linalg.norm(action)
         if norm > self.speed:
             action *= self.speed / norm

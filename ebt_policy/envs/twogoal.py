@@ -1,11 +1,13 @@
 """`twogoal`: a small, deliberately multimodal task in plain MuJoCo.
 
 A point mass (2-D, seen from above) starts below a wall-like obstacle and must reach one of two
-goals placed symmetrically on either side above it. Either goal counts. The scripted expert picks a
-side at random each episode and goes around its side of the obstacle, so the demonstrations hold
-two equally likely modes from the same start states. The average of the two modes is "straight
-up", which runs into the obstacle: a policy that regresses the mean action (MSE) stalls there,
-while a policy that can represent both modes (energy, diffusion) commits to one side.
+goals placed symmetrically on either side above it. Either goal counts. The scripted expert goes
+up toward the obstacle, holds still for a few steps, then picks a side at random and goes around
+its side of the obstacle. The demonstrations thus hold two equally likely modes from the same
+states (and the same recent history): the mean of the two is "stay put / straight up", so a policy
+that regresses the mean action (MSE) stalls below the obstacle, while a policy that can represent
+both modes (energy, diffusion) commits to one side. Measured: an MSE-trained MLP on 200 expert
+demos reaches 0/50 (tests/test_envs_twogoal.py, slow), the expert 100%.
 
 Physics: two slide joints driven by velocity actuators (no gravity), 10 ms timestep, 5 substeps per
 control step (20 Hz). One step costs tens of microseconds, so the task suits CI.
@@ -23,7 +25,7 @@ from gymnasium import spaces
 __all__ = ["GOALS", "OBSTACLE_CENTER", "OBSTACLE_HALF", "TwoGoalEnv", "make_twogoal_env"]
 
 CONTROL_HZ = 20.0
-HORIZON = 100
+HORIZON = 120
 MAX_SPEED = 0.3  # m/s commanded at |action| = 1
 AGENT_RADIUS = 0.02
 GOAL_RADIUS = 0.03  # success when the agent's centre is this close to a goal centre
@@ -31,7 +33,7 @@ GOALS = np.array([[-0.2, 0.22], [0.2, 0.22]])
 OBSTACLE_CENTER = np.array([0.0, 0.02])
 OBSTACLE_HALF = np.array([0.10, 0.04])
 START = np.array([0.0, -0.25])
-START_NOISE = 0.02
+START_NOISE = 0.05
 ARENA_HALF = 0.35
 
 _XML = f"""
