@@ -142,19 +142,24 @@ def save_training_checkpoint(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    if keep > 0:
-        _prune(checkpoints_dir, keep, protect=name)
+    _prune(checkpoints_dir, keep, protect=name)
     return final
 
 
 def _prune(checkpoints_dir: Path, keep: int, protect: str) -> None:
-    steps = sorted(p for p in checkpoints_dir.glob(f"{STEP_PREFIX}*") if p.is_dir())
-    for old in steps[:-keep]:
-        if old.name != protect:
-            shutil.rmtree(old, ignore_errors=True)
-    # temporary directories left by a killed writer
-    for stale in checkpoints_dir.glob(f".{STEP_PREFIX}*.tmp-*"):
+    if keep > 0:
+        steps = sorted(p for p in checkpoints_dir.glob(f"{STEP_PREFIX}*") if p.is_dir())
+        for old in steps[:-keep]:
+            if old.name != protect:
+                shutil.rmtree(old, ignore_errors=True)
+    # temporary entries left by a killed writer
+    for stale in [
+        *checkpoints_dir.glob(f".{STEP_PREFIX}*.tmp-*"),
+        *checkpoints_dir.glob(f".{STEP_PREFIX}*.old-*"),
+    ]:
         shutil.rmtree(stale, ignore_errors=True)
+    for link in checkpoints_dir.glob(".last.tmp-*"):
+        link.unlink(missing_ok=True)
 
 
 def find_last_checkpoint(run_dir: Path) -> Path | None:
