@@ -9,6 +9,11 @@ upright).
 Resets use ``hard_reset=False``: the sim is kept and only its state is reset (1-3 ms instead of
 0.5-0.7 s to rebuild the model); object placement is still randomised from the env's RNG, which
 ``reset(seed=...)`` reseeds in place so the same seed gives the same episode.
+
+The robosuite env is built on the first reset (construction ~1 s), so building the gymnasium env
+is cheap. Rendering uses EGL: a process forked after its parent made any EGL context (any env
+with images that was reset, robosuite or not) hangs when it renders, so vector envs with cameras
+need ``AsyncVectorEnv(..., context="spawn")`` or ``"forkserver"``.
 """
 
 from __future__ import annotations
@@ -50,13 +55,23 @@ def _stack_extra(env: Any) -> dict[str, np.ndarray]:
     return {}
 
 
-# task -> (robosuite env name, privileged keys from robosuite obs, extra keys computed from the env)
-ROBOSUITE_TASKS: dict[str, tuple[str, tuple[str, ...], Callable[[Any], dict[str, np.ndarray]]]] = {
-    "lift": ("Lift", ("cube_pos", "cube_quat"), _lift_extra),
-    "can": ("PickPlaceCan", ("Can_pos", "Can_quat"), _can_extra),
-    "square": ("NutAssemblySquare", ("SquareNut_pos", "SquareNut_quat"), _square_extra),
-    "stack": ("Stack", ("cubeA_pos", "cubeA_quat", "cubeB_pos", "cubeB_quat"), _stack_extra),
+# task -> (robosuite env name, privileged keys from robosuite obs, extra keys computed from the env,
+# size of robosuite's object-state)
+ROBOSUITE_TASKS: dict[
+    str, tuple[str, tuple[str, ...], Callable[[Any], dict[str, np.ndarray]], int]
+] = {
+    "lift": ("Lift", ("cube_pos", "cube_quat"), _lift_extra, 10),
+    "can": ("PickPlaceCan", ("Can_pos", "Can_quat"), _can_extra, 14),
+    "square": ("NutAssemblySquare", ("SquareNut_pos", "SquareNut_quat"), _square_extra, 14),
+    "stack": ("Stack", ("cubeA_pos", "cubeA_quat", "cubeB_pos", "cubeB_quat"), _stack_extra, 23),
 }
+_ROBOT_DIMS = {
+    "robot0_eef_pos": 3,
+    "robot0_eef_quat": 4,
+    "robot0_gripper_qpos": 2,
+    "robot0_joint_pos": 7,
+}
+_EXTRA_DIMS = {"lift": {}, "can": {"target_pos": 3}, "square": {"peg_pos": 3}, "stack": {}}
 
 
 def _quiet_robosuite_import() -> Any:
@@ -95,16 +110,44 @@ class RobosuiteEnv(gym.Env):
     ) -> None:
         if task not in ROBOSUITE_TASKS:
             raise ValueError(f"unknown robosuite task {task!r}; known: {sorted(ROBOSUITE_TASKS)}")
-        robosuite, macros = _quiet_robosuite_import()
         self.task = task
         self.images = bool(images)
         self.render_size = int(render_size)
         self.terminate_on_success = bool(terminate_on_success)
         self.render_mode = render_mode
-        env_name, self._privileged, self._extra = ROBOSUITE_TASKS[task]
-        offscreen = self.images or render_mode == "rgb_array"
+        self.model_seed = int(model_seed)
+        _, self._privileged, self._extra, object_dim = ROBOSUITE_TASKS[task]
+        # The robosuite env (and its EGL render context) is built on first use, not here:
+        # gymnasium's AsyncVectorEnv builds one env in the parent before forking its workers, and
+        # a child forked after the parent made an EGL context hangs when it makes its own.
+        self._env: Any = None
+        box = functools.partial(spaces.Box, -np.inf, np.inf, dtype=np.float32)
+        obs_spaces: dict[str, spaces.Space] = {k: box((n,)) for k, n in _ROBOT_DIMS.items()}
+        obs_spaces["object"] = box((object_dim,))
+        for key in self._privileged:
+            obs_spaces[key] = box((4,) if key.endswith("_quat") else (3,))
+        for key, n in _EXTRA_DIMS[task].items():
+            obs_spaces[key] = box((n,))
+        if self.images:
+            shape = (self.render_size, self.render_size, 3)
+            for cam in CAMERAS:
+                obs_spaces[f"{cam}_image"] = spaces.Box(0, 255, shape, np.uint8)
+        self.observation_space = spaces.Dict(obs_spaces)
+        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+
+    def _build(self) -> Any:
+        """The robosuite env, built on first call."""
+        if self._env is not None:
+            return self._env
+        robosuite, macros = _quiet_robosuite_import()
+        import mujoco
+
+        self._mujoco = mujoco
+        # robosuite renders upside down under its default OpenGL image convention.
+        self._flip = macros.IMAGE_CONVENTION == "opengl"
+        offscreen = self.images or self.render_mode == "rgb_array"
         self._env = robosuite.make(
-            env_name,
+            ROBOSUITE_TASKS[self.task][0],
             robots="Panda",
             has_renderer=False,
             has_offscreen_renderer=offscreen,
@@ -119,35 +162,22 @@ class RobosuiteEnv(gym.Env):
             hard_reset=False,
             # Model building draws random sizes (Lift's cube) from the env's RNG; a fixed seed
             # makes every instance (collector, eval workers) the same model.
-            seed=int(model_seed),
+            seed=self.model_seed,
         )
-        # robosuite renders upside down under its default OpenGL image convention.
-        self._flip = macros.IMAGE_CONVENTION == "opengl"
-        self._mujoco = __import__("mujoco")
-        raw = self._env.reset()
-        self._configure_renderer()
-        example = self._convert(raw)
-        obs_spaces: dict[str, spaces.Space] = {}
-        for key, value in example.items():
-            if value.dtype == np.uint8:
-                obs_spaces[key] = spaces.Box(0, 255, value.shape, np.uint8)
-            else:
-                obs_spaces[key] = spaces.Box(-np.inf, np.inf, value.shape, np.float32)
-        self.observation_space = spaces.Dict(obs_spaces)
         low, high = self._env.action_spec
-        self.action_space = spaces.Box(
-            low.astype(np.float32), high.astype(np.float32), dtype=np.float32
-        )
+        if low.shape != (7,) or not (np.all(low == -1) and np.all(high == 1)):
+            raise RuntimeError(f"{self.task}: unexpected robosuite action spec {low}, {high}")
+        return self._env
 
     @property
     def robosuite_env(self) -> Any:
-        """The underlying robosuite env."""
-        return self._env
+        """The underlying robosuite env (built on first access)."""
+        return self._build()
 
     @property
     def mujoco_data(self) -> Any:
         """The raw mujoco.MjData (tests read its warning counters)."""
-        return self._env.sim.data._data
+        return self._build().sim.data._data
 
     def _configure_renderer(self) -> None:
         # Software (llvmpipe) rendering cost is dominated by shadows and reflections: turning them
@@ -174,6 +204,7 @@ class RobosuiteEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
+        self._build()
         if seed is not None:
             # Placement samplers and the robot's init noise hold references to env.rng: reseed it
             # in place rather than replacing the object.
@@ -183,6 +214,8 @@ class RobosuiteEnv(gym.Env):
         return self._convert(raw), {"success": False}
 
     def step(self, action: np.ndarray):
+        if self._env is None:
+            raise RuntimeError(f"{self.task}: call reset() before step()")
         action = np.asarray(action, dtype=np.float64).reshape(self.action_space.shape)
         if not np.all(np.isfinite(action)):
             raise ValueError(f"{self.task}: action must be finite, got {action}")
@@ -195,7 +228,7 @@ class RobosuiteEnv(gym.Env):
         """The agentview camera at render_size (needs render_mode="rgb_array" or images=True)."""
         if self.render_mode != "rgb_array" and not self.images:
             return None
-        img = self._env.sim.render(
+        img = self._build().sim.render(
             camera_name="agentview", width=self.render_size, height=self.render_size
         )
         return np.ascontiguousarray(img[::-1] if self._flip else img)
