@@ -452,12 +452,14 @@ def _outline_contacts(spacing: float) -> tuple[np.ndarray, np.ndarray]:
 class PushTExpert:
     """PushT: model-predictive pushing with a private copy of the gym-pusht physics.
 
-    At each decision it simulates short straight pushes from points along the T's outline
-    (inward along the outline normal, also tilted +-25 degrees) and picks the one that brings the
-    T's keypoints closest to the target's, with a small charge for the walk to the contact point.
-    It then walks around the block (outside a safe circle, so the walk does not disturb it), pushes,
-    and plans again. Randomised per episode: outline sample offsets, push speed, walk speed and a
-    little action noise.
+    At each decision it simulates straight pushes (up to 100 px far from the goal, 20 px close to
+    it, where it also pushes slower) from points along the T's outline, inward along the outline
+    normal and tilted +-23 degrees, and from where the agent stands in 12 directions. It keeps the
+    push (and its length) that brings the T's keypoints closest to the target's, charging a little
+    for the walk to the contact point, walks there around the block (shortest path over the T's
+    corners pushed out by the agent's radius), pushes, and plans again. Randomised per episode:
+    outline sample spacing and offsets, push speed, how far it aims past corners while walking,
+    and a little action noise.
     """
 
     def __init__(self, seed: int) -> None:
@@ -473,9 +475,10 @@ class PushTExpert:
         """New episode: draw this episode's speeds and candidate pattern."""
         self.phase = "plan"
         self.plan: tuple[np.ndarray, np.ndarray, int] | None = None  # (start, direction, steps)
-        self.push_speed = self.rng.uniform(8.0, 12.0)  # pixels per step
+        # target this far ahead of the agent while pushing; it then moves at about half of it
+        self.push_speed = self.rng.uniform(16.0, 24.0)  # pixels per step
         self.speed = self.push_speed  # the current plan's push speed
-        self.walk_speed = self.rng.uniform(50.0, 80.0)
+        self.walk_lead = self.rng.uniform(0.3, 0.6)
         self.noise = self.rng.uniform(0.0, 1.5)
         self.spacing = self.rng.uniform(12.0, 16.0)
         self.push_steps = 0
@@ -540,7 +543,7 @@ class PushTExpert:
                 continue  # the agent cannot stand there (wall)
             if Point(start).distance(block) < _AGENT_RADIUS + 2.0:
                 continue  # inside a notch corner: the agent would touch another edge
-            walk_cost = 0.02 * np.linalg.norm(start - agent) * min(error, 30.0)
+            walk_cost = 0.0005 * np.linalg.norm(start - agent) * current  # 100 px: 5%
             for tilt in (0.0, 0.4, -0.4):
                 direction = _rot2(tilt) @ -world_normal
                 poses = self._simulate(pose, start, direction, max_steps)
@@ -630,13 +633,14 @@ class PushTExpert:
         if np.linalg.norm(start - agent) < 3.0:
             self.phase, self.push_steps = "push", 1
             return self._out(agent + direction * self.speed)
-        while len(self.waypoints) > 1 and np.linalg.norm(self.waypoints[0] - agent) < 6.0:
+        while len(self.waypoints) > 1 and np.linalg.norm(self.waypoints[0] - agent) < 10.0:
             self.waypoints.pop(0)
-        step = self.waypoints[0] - agent
-        length = np.linalg.norm(step)
-        if length > self.walk_speed:
-            step *= self.walk_speed / length
-        return self._out(agent + step)
+        # The agent's PD controller lags (a target d away is ~75% unreached after one step), so
+        # aim past intermediate corners; aim exactly at the last one, in front of the block.
+        target = self.waypoints[0]
+        if len(self.waypoints) > 1:
+            target = target + self.walk_lead * (target - agent)
+        return self._out(target)
 
     def _out(self, target: np.ndarray) -> np.ndarray:
         target = target + self.rng.normal(0.0, self.noise, 2)
