@@ -38,9 +38,9 @@ def test_random_actions_finite(env):
 
 
 def test_expert_pushes_t_onto_target(env):
-    """The expert is not perfect (see benchmarks/experts.py); over three episodes it must bring
-    the T from wherever it starts to a high coverage, and reach the success threshold at least
-    once."""
+    """Over three episodes the expert must bring the T from wherever it starts onto the target
+    (coverage >= 0.95) at least twice, and close to it every time (benchmarks/experts.py reports
+    its 50-episode numbers)."""
     spec = get_task("pusht")
     expert = spec.make_expert(seed=0)
     start_cov, best_cov, successes = [], [], 0
@@ -57,9 +57,9 @@ def test_expert_pushes_t_onto_target(env):
         best_cov.append(info["max_coverage"])
         successes += info["success"]
     print(f"pusht expert: coverage {start_cov} -> {best_cov}")
-    assert np.mean(best_cov) >= 0.85
-    assert all(b > s + 0.2 for s, b in zip(start_cov, best_cov, strict=True))
-    assert successes >= 1
+    assert min(best_cov) >= 0.9
+    assert all(b > s + 0.5 for s, b in zip(start_cov, best_cov, strict=True))
+    assert successes >= 2
 
 
 def test_same_seed_same_observations(env):
