@@ -1,4 +1,5 @@
-"""Scripted experts, one per task: phase machines, closed-loop on the observation dict.
+"""Scripted experts, one per task, closed-loop on the observation dict: phase machines for the
+robosuite tasks and `twogoal`, model-predictive pushing for `pusht`.
 
 Experts read only the observation dict the env returns (object poses, targets and other privileged
 low-dim keys are part of it), so the same expert runs in the collector and, wrapped as a policy,
@@ -21,11 +22,13 @@ from ebt_policy.envs import twogoal
 __all__ = [
     "CanExpert",
     "LiftExpert",
+    "PushTExpert",
     "SquareExpert",
     "StackExpert",
     "TwoGoalExpert",
     "make_can_expert",
     "make_lift_expert",
+    "make_pusht_expert",
     "make_square_expert",
     "make_stack_expert",
     "make_twogoal_expert",
