@@ -546,8 +546,8 @@ class PushTExpert:
         for point, normal in zip(points, normals, strict=True):
             world_normal = rot @ normal
             start = pose[:2] + rot @ point + world_normal * (_AGENT_RADIUS + 4.0)
-            if not (22 < start[0] < 490 and 22 < start[1] < 490):
-                continue  # the agent cannot stand there (wall)
+            if not (0.0 <= start[0] <= 512.0 and 0.0 <= start[1] <= 512.0):
+                continue  # out of the action range
             if Point(start).distance(block) < _AGENT_RADIUS + 2.0:
                 continue  # inside a notch corner: the agent would touch another edge
             walk_cost = 0.0005 * np.linalg.norm(start - agent) * current  # 100 px: 5%
@@ -556,7 +556,7 @@ class PushTExpert:
                 poses = self._simulate(pose, start, direction, max_steps)
                 costs = [self._cost(p) for p in poses]
                 k = int(np.argmin(costs))
-                if costs[k] + walk_cost < current:
+                if costs[k] < current:  # improves the pose; the walk only ranks candidates
                     candidates.append((costs[k] + walk_cost, start, direction, k + 1))
         # pushes from where the agent stands (no walk): keep going, or veer
         for angle in np.linspace(-np.pi, np.pi, 12, endpoint=False):
@@ -567,7 +567,7 @@ class PushTExpert:
             if costs[k] < current:
                 candidates.append((costs[k], agent, direction, k + 1))
         candidates.sort(key=lambda c: c[0])
-        for _, start, direction, steps in candidates[:5]:
+        for _, start, direction, steps in candidates[:20]:
             path = self._path(pose, agent, start)
             if path:
                 return start, direction, steps, path
@@ -585,7 +585,8 @@ class PushTExpert:
         corners, bisectors = _CORNER_OFFSETS
         out = corners + bisectors * (_AGENT_RADIUS + 5.0) * np.sqrt(2)
         for p in _to_world(pose, out):
-            if 22.0 <= p[0] <= 490.0 and 22.0 <= p[1] <= 490.0:
+            # the agent is kinematic: walls do not stop it, only the action range does
+            if 0.0 <= p[0] <= 512.0 and 0.0 <= p[1] <= 512.0:
                 nodes.append(p)
         n = len(nodes)
         dist = np.full(n, np.inf)
@@ -634,8 +635,9 @@ class PushTExpert:
         if steps == 0:  # no push helps from here: step back from the block and plan again
             self.phase = "plan"
             cog = _to_world(pose, _T_COG[None])[0]
+            # (a spot 110 px from the T's centre: clear of it, never off into a corner)
             away = agent - cog
-            return self._out(agent + away / max(np.linalg.norm(away), 1e-6) * 20.0)
+            return self._out(cog + away / max(np.linalg.norm(away), 1e-6) * 110.0)
         self.walk_steps += 1
         if np.linalg.norm(start - agent) < 3.0:
             self.phase, self.push_steps = "push", 1
