@@ -13,6 +13,10 @@ import sys
 
 # command words -> "module:function". Only commands that exist are listed here.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("quickstart",): (
+        "ebt_policy.quickstart:main",
+        "Collect demos, train EBT-Policy, evaluate it in MuJoCo, print the results (one command).",
+    ),
     ("dataset", "info"): (
         "ebt_policy.datasets.cli:info_main",
         "Summarise an episode store: episodes, steps, keys, action ranges, metadata.",
