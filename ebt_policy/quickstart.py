@@ -5,9 +5,9 @@ seeded MuJoCo episodes -> print one table. Every stage reuses what an earlier ru
 (the episode store resumes, a finished checkpoint is reused, an unfinished one is resumed), so an
 interrupted quickstart continues where it stopped; ``--fresh`` starts over.
 
-The defaults (low-dim Lift, the MLP energy, ~2 minutes of training on a 2-core CPU) are sized so
-the command, installation included, stays under ten minutes on a laptop CPU; the README lists the
-numbers measured with them.
+The defaults (100 low-dim Lift demonstrations, the MLP energy, 5,000 training steps, about two
+minutes on a 2-core CPU, capped at five) are sized so the command, installation included, stays
+under ten minutes on a 2-core CPU; the README lists the numbers measured with them.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ class QuickstartArgs:
     """Task to learn (see `ebt-policy collect --help` for the list)."""
     out: Path = Path("runs/quickstart")
     """Where the demos (demos.zarr), the run (run/) and the evaluation (eval.json, videos/) go."""
-    episodes: int = 50
+    episodes: int = 100
     """Scripted-expert demonstrations to collect."""
     eval_episodes: int = 50
     """Seeded evaluation episodes."""
     preset: str = "mlp"
     """Policy preset: mlp (the cheap energy network, the CPU default), tiny, small or paper."""
-    steps: int = 3000
+    steps: int = 5000
     """Training steps (the learning-rate schedule spans these)."""
-    minutes: float = 4.0
+    minutes: float = 5.0
     """Wall-time cap on training for this invocation (a rerun resumes an unfinished run)."""
     batch_size: int | None = None
     """Training batch size (default: the preset's)."""

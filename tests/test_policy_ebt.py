@@ -321,7 +321,9 @@ def train_toy(preset: str, steps: int, **overrides) -> tuple[float, float]:
     policy.eval()
     pos2, obj2, action2 = toy_data(256, 1)
     pred = policy.predict_chunk(
-        {"robot0_eef_pos": pos2, "object": obj2}, generator=torch.Generator().manual_seed(0)
+        {"robot0_eef_pos": pos2, "object": obj2},
+        generator=torch.Generator().manual_seed(0),
+        max_steps=2,  # the paper's 2 steps, whatever the preset's default
     )
     assert pred.steps.tolist() == [2] * 256
     mae = float(np.abs(pred.chunk - action2).mean())

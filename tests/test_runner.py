@@ -283,7 +283,11 @@ def test_ebt_policy_results_do_not_depend_on_workers(tmp_path: Path) -> None:
     assert _outcomes(one) == _outcomes(two)
     for a, b in zip(one.episodes, two.episodes, strict=True):
         np.testing.assert_allclose(
-            [c.energy for c in a.chunks], [c.energy for c in b.chunks], rtol=1e-5
+            # batch sizes differ between 1 and 2 workers: equal up to float32 matmul rounding
+            [c.energy for c in a.chunks],
+            [c.energy for c in b.chunks],
+            rtol=1e-5,
+            atol=1e-6,
         )
 
 

@@ -77,14 +77,21 @@ _EXTRA_DIMS = {"lift": {}, "can": {"target_pos": 3}, "square": {"peg_pos": 3}, "
 def _quiet_robosuite_import() -> Any:
     # robosuite logs several WARNINGs at import about optional extras we do not use (private macro
     # file, robosuite_models, mink IK for humanoids). Keep real warnings from later calls.
+    # robosuite sets its logger's level while importing, so a level set here would be overridden;
+    # a filter on the logger survives that.
     logger = logging.getLogger("robosuite_logs")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+
+    def errors_only(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+    logger.addFilter(errors_only)
     try:
         import robosuite
         from robosuite import macros
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(errors_only)
+    # robosuite's logger is at INFO and reports every controller load; warnings are what matter.
+    logger.setLevel(max(logger.level, logging.WARNING))
     return robosuite, macros
 
 

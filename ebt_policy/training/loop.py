@@ -646,7 +646,10 @@ def train(cfg: TrainConfig) -> Path:
                 stop = stop or step >= cfg.steps
                 if progress_bar is not None:
                     progress_bar.update(1)
-                    progress_bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}")
+                    # refresh=False: the bar redraws at tqdm's own interval, not every step
+                    progress_bar.set_postfix(
+                        loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}", refresh=False
+                    )
 
                 if step % cfg.log_every == 0 or stop:
                     now = time.perf_counter()
