@@ -197,6 +197,14 @@ def test_eval_cli_with_a_saved_policy(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [e["seed"] for e in data["episodes"]] == [7, 8]
     assert all(e["length"] <= 16 for e in data["episodes"])
     assert data["n_chunks"] > 0 and data["energy_min"] is not None  # the EBT policy's energy
+    assert data["mean_steps"] == data["max_steps"] == 3  # the mlp preset plans with 3 steps
+    # the stopping rule can be changed at evaluation: 1 step, or adaptive up to 20
+    assert main([*argv, "--descent-steps", "1"]) == 0
+    assert json.loads(out_json.read_text())["max_steps"] == 1
+    assert main([*argv, "--descent-steps", "20", "--min-grad", "1e9"]) == 0
+    assert json.loads(out_json.read_text())["max_steps"] == 2  # grad < 1e9: stop after the first
+    assert main([*argv, "--descent-steps", "0"]) == 2
+    assert "max_steps must be >= 1" in capsys.readouterr().err
     # a checkpoint without dataset metadata needs --task
     bare = save_pretrained(policy, tmp_path / "bare", shape_meta=shape_meta)
     assert main(["eval", "--checkpoint", str(bare), "--episodes", "1"]) == 2

@@ -113,6 +113,11 @@ class EvalArgs:
     """Stop episodes after this many steps (default: the task's horizon)."""
     device: str = "cpu"
     """Torch device for the policy."""
+    descent_steps: int | None = None
+    """EBT inference: most energy-descent steps per chunk (default: the checkpoint's)."""
+    min_grad: float | None = None
+    """EBT inference: stop a sample's descent once its gradient norm is below this (with
+    --descent-steps 20: the adaptive mode; default: the checkpoint's)."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -175,6 +180,12 @@ def eval_main(argv: list[str]) -> int:
     from ebt_policy.envs.runner import evaluate
 
     policy = load_policy(args.checkpoint, device=args.device)
+    if args.descent_steps is not None or args.min_grad is not None:
+        if not hasattr(policy, "set_inference"):
+            raise ConfigError(
+                f"{args.checkpoint}: --descent-steps/--min-grad apply to energy policies only"
+            )
+        policy.set_inference(max_steps=args.descent_steps, min_grad=args.min_grad)
     metadata = _checkpoint_metadata(args.checkpoint)
     if args.task is None and metadata is None:
         raise CheckpointError(

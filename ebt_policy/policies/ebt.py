@@ -309,6 +309,19 @@ class EBTPolicy(nn.Module):
         return self.compute_loss(batch)
 
     # ------------------------------------------------------------------ inference
+    def set_inference(self, max_steps: int | None = None, min_grad: float | None = None) -> None:
+        """Change the inference stopping rule (e.g. ``max_steps=20, min_grad=1e-3``: adaptive).
+
+        Updates the config too, so a policy saved afterwards plans the same way.
+        """
+        new = dataclasses.replace(
+            self.config,
+            max_steps=self.config.max_steps if max_steps is None else max_steps,
+            min_grad=self.config.min_grad if min_grad is None else min_grad,
+        )  # validates (ConfigError naming the field)
+        self.config = new
+        self.descent.config = new.descent_config()
+
     def reset(self) -> None:
         """Forget per-row episode state (the noise generators of :meth:`start_episode`)."""
         self._row_generators.clear()
