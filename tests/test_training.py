@@ -298,6 +298,45 @@ def test_sigkill_mid_run_leaves_a_loadable_last_and_resume_finishes(
     assert policy.n_obs_steps == 2
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_the_current_step_and_resume_continues(
+    toy_store: Path, tmp_path: Path, sig: str
+) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "ebt_policy.cli", "train", "--dataset", str(toy_store),
+        "--out", str(out), "--preset", "mlp", "--policy-cfg.mlp-hidden", "32",
+        "--steps", "100000", "--warmup-steps", "2", "--batch-size", "8", "--device", "cpu",
+        "--no-progress", "--save-every", "0", "--log-every", "1", "--resume",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and (
+        time.monotonic() < deadline
+    ):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert "--resume continues" in err.decode() and "Traceback" not in err.decode()
+    # no periodic checkpoints (--save-every 0): the interruption itself saved one
+    step = json.loads((out / "checkpoints" / "last" / "config.json").read_text())["step"]
+    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert step == last_logged >= 3
+    cmd[cmd.index("100000")] = str(step + 2)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        json.loads((out / "checkpoints" / "last" / "config.json").read_text())["step"] == step + 2
+    )
+
+
 def test_normalisation_stats_come_from_the_store_metadata(tmp_path: Path) -> None:
     from ebt_policy import load_policy
     from ebt_policy.datasets import EpisodeStore, compute_stats

@@ -382,6 +382,7 @@ def train(cfg: TrainConfig) -> Path:
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     dist_info = _init_distributed(requested)
+    stop_request = _StopRequest()  # Ctrl-C / SIGTERM: save at the next step boundary
     try:
         device = _resolve_device(requested, dist_info)
         assert cfg.batch_size is not None and cfg.lr is not None
@@ -620,6 +621,7 @@ def train(cfg: TrainConfig) -> Path:
         val_seed = cfg.seed + 7_777
         stop = step >= cfg.steps
         loss_model.train()
+        stop_request.__enter__()
 
         while not stop:
             sampler.set_epoch(epoch)
@@ -634,16 +636,16 @@ def train(cfg: TrainConfig) -> Path:
                 batch_in_epoch += 1
                 window_losses.append(out["loss"])
 
-                if deadline is not None:
-                    out_of_time = time.monotonic() >= deadline
-                    if dist_info.enabled:  # all ranks must stop at the same step
-                        import torch.distributed as dist
+                want_stop = stop_request.requested or (
+                    deadline is not None and time.monotonic() >= deadline
+                )
+                if dist_info.enabled:  # all ranks must stop at the same step
+                    import torch.distributed as dist
 
-                        flag = torch.tensor([float(out_of_time)], device=device)
-                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                        out_of_time = bool(flag.item())
-                    stop = out_of_time
-                stop = stop or step >= cfg.steps
+                    flag = torch.tensor([float(want_stop)], device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    want_stop = bool(flag.item())
+                stop = want_stop or step >= cfg.steps
                 if progress_bar is not None:
                     progress_bar.update(1)
                     # refresh=False: the bar redraws at tqdm's own interval, not every step
@@ -703,12 +705,53 @@ def train(cfg: TrainConfig) -> Path:
         metrics_log.close()
         if dist_info.is_main and step > start_step:
             print(f"trained {step - start_step} steps; checkpoint: {checkpoints_dir / 'last'}")
+        if stop_request.requested and step < cfg.steps:
+            if dist_info.is_main:
+                print(f"stopped at step {step}; --resume continues", file=sys.stderr)
+            raise KeyboardInterrupt
         return run_dir
     finally:
+        stop_request.__exit__()
         if dist_info.owns_group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+class _StopRequest:
+    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save, stop. A second: abort.
+
+    Installed only in the main thread (signal handlers cannot be set elsewhere); restores the
+    previous handlers on exit.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # second signal: stop now, without saving
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nstopping after this step and saving a checkpoint (again to abort)",
+            file=sys.stderr,
+        )
+
+    def __enter__(self) -> _StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _json_default(value: Any) -> Any:
