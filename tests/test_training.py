@@ -175,6 +175,22 @@ def test_minutes_budget_stops_and_saves(toy_store: Path, tmp_path: Path) -> None
     assert 1 <= progress["step"] < 10_000
 
 
+def test_tensorboard_curves_match_the_metrics_log(toy_store: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(_cfg(toy_store, tmp_path / "run", steps=12, save_every=0, val_every=6))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "lr", "val_loss", "steps_per_s"} <= tags and "time" not in tags
+    metrics = _metrics(run)
+    tb_loss = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [s for s, _ in tb_loss] == [m["step"] for m in metrics]
+    np.testing.assert_allclose([v for _, v in tb_loss], [m["loss"] for m in metrics], rtol=1e-6)
+    assert [e.step for e in events.Scalars("val_loss")] == [6, 12]
+
+
 def test_amp_bf16_trains_through_second_order_grads(toy_store: Path, tmp_path: Path) -> None:
     # autocast must not break the create_graph=True descent: loss finite and falling
     run = train(_cfg(toy_store, tmp_path / "run", amp=True, steps=30, save_every=0))

@@ -348,7 +348,7 @@ class _MetricsLog:
         self.file.flush()
         if self.tb is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key not in ("step", "time") and isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
