@@ -81,6 +81,18 @@ def test_info_on_api_store(tmp_path, capsys):
     assert info["metadata"]["action_space"]["names"] == ["x", "g"]
 
 
+def test_info_shortens_long_metadata_lists_but_json_keeps_them(tmp_path, capsys):
+    path = tmp_path / "demos.zarr"
+    store = _api_store(path)
+    store.update_metadata(collection={"kept_seeds": list(range(500))})
+    assert main(["dataset", "info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "500 items in all" in out and "499" in out and " 250," not in out
+    assert main(["dataset", "info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["metadata"]["collection"]["kept_seeds"] == list(range(500))
+
+
 def test_info_on_dp_format2_store(tmp_path, capsys):
     path = tmp_path / "pusht.zarr"
     _dp_format2_store(path)

@@ -97,10 +97,24 @@ def _print_summary(info: dict[str, Any]) -> None:
         console.print(actions)
     metadata = dict(info["metadata"])
     stats = metadata.pop("stats", None)
-    console.print("[bold]metadata[/bold]")
-    console.print_json(json.dumps(metadata))
+    console.print("[bold]metadata[/bold] (long lists shortened; --json shows everything)")
+    from rich.pretty import Pretty
+
+    console.print(Pretty(_shorten_lists(metadata)))
     if stats:
         console.print(f"stats: computed for keys {sorted(stats)} (shown with --json)")
+
+
+def _shorten_lists(value: Any, keep: int = 8) -> Any:
+    """A copy of ``value`` whose lists longer than ``keep`` show their ends and their length."""
+    if isinstance(value, dict):
+        return {k: _shorten_lists(v, keep) for k, v in value.items()}
+    if isinstance(value, list):
+        if len(value) <= keep:
+            return [_shorten_lists(v, keep) for v in value]
+        head = [_shorten_lists(v, keep) for v in value[: keep - 2]]
+        return [*head, f"... {len(value)} items in all ...", _shorten_lists(value[-1], keep)]
+    return value
 
 
 @dataclasses.dataclass
