@@ -11,12 +11,12 @@ import pytest
 from ebt_policy.datasets import EpisodeStore
 from ebt_policy.envs import make_env
 from ebt_policy.envs.collect import collect
+from ebt_policy.envs.expert_policy import ExpertPolicy
 from ebt_policy.envs.runner import EvalResult, evaluate
 from ebt_policy.envs.twogoal import GOALS
 from ebt_policy.envs.video import annotate
 from ebt_policy.errors import ConfigError
 from ebt_policy.policies.base import ChunkPrediction, Policy
-from ebt_policy.policies.expert import ExpertPolicy
 
 
 class ChunkPolicy:

@@ -39,7 +39,7 @@ __all__ = ["CollectSummary", "EpisodeAttempt", "collect", "new_expert", "run_exp
 def new_expert(spec: Any, seed: int | None) -> Any:
     """Build and reset the expert for one episode played with env seed ``seed``.
 
-    The collector and :class:`ebt_policy.policies.expert.ExpertPolicy` both call this, so an
+    The collector and :class:`ebt_policy.envs.expert_policy.ExpertPolicy` both call this, so an
     episode with the same seed sees the same expert (same random approach, same noise) in both.
     """
     expert = spec.make_expert(seed)

@@ -17,7 +17,7 @@ the chunk one per step. Only the slots whose queue is empty are planned for; the
 ``predict_chunk`` holds just those slots.
 
 Per-row policy state: a policy may define ``start_episode(row, seed)`` and accept
-``predict_chunk(obs_window, rows=...)`` (as :class:`ebt_policy.policies.expert.ExpertPolicy`
+``predict_chunk(obs_window, rows=...)`` (as :class:`ebt_policy.envs.expert_policy.ExpertPolicy`
 does). The runner then tells it which slot each batch element is and when a slot starts an
 episode (with the episode's seed), so per-episode state (warm starts, expert phase machines,
 per-episode noise) follows the slot. Other policies get ``reset()`` at the start, before planning

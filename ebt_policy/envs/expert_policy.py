@@ -5,6 +5,9 @@ runner itself: the expert must score the same through the runner as it did while
 demonstrations. An expert is a per-episode state machine, so the wrapper keeps one expert per batch
 row (one per env worker slot in the runner) and starts a fresh one, seeded like the collector
 seeds it, at every episode (:meth:`ExpertPolicy.start_episode`).
+
+It lives with the envs, not in ``ebt_policy.policies``: policies come before envs in the data flow
+(a policy never imports an env), and this one is built from a task's expert.
 """
 
 from __future__ import annotations
