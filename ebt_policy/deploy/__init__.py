@@ -1,1 +1,0 @@
-"""ebt_policy.deploy"""
