@@ -275,6 +275,16 @@ def test_ddp_two_cpu_processes_gloo(toy_store: Path, tmp_path: Path) -> None:
     assert np.isfinite(policy.predict_chunk(obs).actions).all()
 
 
+def _long_train_cmd(store: Path, out: Path, *extra: str) -> list[str]:
+    """`ebt-policy train` of a small MLP for 100000 steps (to be stopped), resumable."""
+    return [
+        sys.executable, "-m", "ebt_policy.cli", "train", "--dataset", str(store),
+        "--out", str(out), "--preset", "mlp", "--policy-cfg.mlp-hidden", "32",
+        "--steps", "100000", "--warmup-steps", "2", "--batch-size", "8", "--device", "cpu",
+        "--no-progress", "--resume", *extra,
+    ]  # fmt: skip
+
+
 def test_sigkill_mid_run_leaves_a_loadable_last_and_resume_finishes(
     toy_store: Path, tmp_path: Path
 ) -> None:
@@ -283,12 +293,7 @@ def test_sigkill_mid_run_leaves_a_loadable_last_and_resume_finishes(
 
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "ebt_policy.cli", "train", "--dataset", str(toy_store),
-        "--out", str(out), "--preset", "mlp", "--policy-cfg.mlp-hidden", "32",
-        "--steps", "100000", "--warmup-steps", "2", "--batch-size", "8", "--device", "cpu",
-        "--no-progress", "--save-every", "1", "--keep-checkpoints", "2", "--resume",
-    ]  # fmt: skip
+    cmd = _long_train_cmd(toy_store, out, "--save-every", "1", "--keep-checkpoints", "2")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -323,12 +328,7 @@ def test_ctrl_c_saves_the_current_step_and_resume_continues(
 
     out = tmp_path / "interrupted"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "ebt_policy.cli", "train", "--dataset", str(toy_store),
-        "--out", str(out), "--preset", "mlp", "--policy-cfg.mlp-hidden", "32",
-        "--steps", "100000", "--warmup-steps", "2", "--batch-size", "8", "--device", "cpu",
-        "--no-progress", "--save-every", "0", "--log-every", "1", "--resume",
-    ]  # fmt: skip
+    cmd = _long_train_cmd(toy_store, out, "--save-every", "0", "--log-every", "1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 60
