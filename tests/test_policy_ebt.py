@@ -186,7 +186,7 @@ def test_predict_chunk_shapes_units_and_protocol():
     assert pred.chunk.shape == (3, 16, DA) and pred.chunk.dtype == np.float32
     np.testing.assert_array_equal(pred.actions, pred.chunk[:, 1:9])
     assert pred.energy.shape == (3,) and pred.grad_norm.shape == (3,)
-    assert pred.steps.tolist() == [2, 2, 2] and pred.latency_s > 0
+    assert pred.steps.tolist() == [policy.config.max_steps] * 3 and pred.latency_s > 0
     # Robot units: the action statistics span [10, 20]; normalised outputs are O(1).
     assert 0 < pred.chunk.mean() < 30
     adaptive = policy.predict_chunk(obs_np(batch(3)), max_steps=20, min_grad=1e-3)
