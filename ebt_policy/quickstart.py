@@ -180,14 +180,19 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
                 batch_size=args.batch_size,
                 seed=args.seed,
                 device=args.device,
-                resume=True,
+                resume=done_step is not None,  # continue an unfinished run
             )
         )
     train_steps = _checkpoint_step(run_dir) or 0
 
     # 3. evaluation on seeds the demos never used
     console.rule(f"3/3 evaluate over {args.eval_episodes} seeded episodes")
-    policy = load_policy(run_dir, device="cuda" if args.device == "cuda" else "cpu")
+    device = args.device
+    if device == "auto":  # as training resolves it
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = load_policy(run_dir, device=device)
     t0 = time.perf_counter()
     result = evaluate(
         policy,

@@ -612,7 +612,13 @@ def train(cfg: TrainConfig) -> Path:
             from tqdm.auto import tqdm
 
             progress_bar = tqdm(
-                total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True
+                total=cfg.steps,
+                initial=step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                # in a log file (not a terminal) every redraw is a new line: redraw rarely
+                mininterval=0.1 if sys.stderr.isatty() else 15.0,
             )
         deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes else None
         start_step, saved_step = step, step if resume_from is not None else -1
