@@ -6,8 +6,9 @@ seeded MuJoCo episodes -> print one table. Every stage reuses what an earlier ru
 interrupted quickstart continues where it stopped; ``--fresh`` starts over.
 
 The defaults (100 low-dim Lift demonstrations, the MLP energy, 5,000 training steps, about two
-minutes on a 2-core CPU, capped at five) are sized so the command, installation included, stays
-under ten minutes on a 2-core CPU; the README lists the numbers measured with them.
+minutes on a 2-core CPU, capped at five, planning with 2 descent steps) are sized so the command,
+installation included, stays under ten minutes on a 2-core CPU; the README lists the numbers
+measured with them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class QuickstartArgs:
     """Training batch size (default: the preset's)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train and run the policy."""
+    descent_steps: int | None = None
+    """Energy-descent steps per planned chunk at evaluation (default: the preset's, 2). Changing it
+    re-evaluates a finished run without training again."""
     workers: int = 2
     """Processes for collection and evaluation."""
     seed: int = 0
@@ -54,6 +58,8 @@ class QuickstartArgs:
     """Delete what an earlier quickstart left in --out and start over."""
 
     def __post_init__(self) -> None:
+        if self.descent_steps is not None and self.descent_steps < 1:
+            raise ConfigError(f"--descent-steps: expected >= 1, got {self.descent_steps}")
         for name in ("episodes", "eval_episodes", "steps", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(
@@ -193,6 +199,8 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = load_policy(run_dir, device=device)
+    if args.descent_steps is not None:
+        policy.set_inference(max_steps=args.descent_steps)
     t0 = time.perf_counter()
     result = evaluate(
         policy,

@@ -197,7 +197,7 @@ def test_eval_cli_with_a_saved_policy(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [e["seed"] for e in data["episodes"]] == [7, 8]
     assert all(e["length"] <= 16 for e in data["episodes"])
     assert data["n_chunks"] > 0 and data["energy_min"] is not None  # the EBT policy's energy
-    assert data["mean_steps"] == data["max_steps"] == 3  # the mlp preset plans with 3 steps
+    assert data["mean_steps"] == data["max_steps"] == 2  # the presets plan with 2 steps
     # the stopping rule can be changed at evaluation: 1 step, or adaptive up to 20
     assert main([*argv, "--descent-steps", "1"]) == 0
     assert json.loads(out_json.read_text())["max_steps"] == 1

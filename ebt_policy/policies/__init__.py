@@ -17,15 +17,16 @@ from ebt_policy.policies.base import ChunkPrediction, Policy
 from ebt_policy.policies.descent import DescentConfig, EnergyDescent, NonFiniteEnergyError
 from ebt_policy.policies.ebt import EBTPolicy, EBTPolicyConfig
 
-# Presets: the fields that differ from EBTPolicyConfig's defaults.
+# Presets: the fields that differ from EBTPolicyConfig's defaults. Every preset plans with the
+# paper's 2 descent steps. Measured (README, Results): on low-dim Lift a third step helps (47-50/50
+# -> 50/50), on the multimodal twogoal task it hurts (45-47/50 -> 28-38/50: further descent pulls
+# the chunk off its mode), so the default stays 2; `ebt-policy eval --descent-steps` overrides it.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ebt": {
         # Tests and CPU quickstarts with the transformer: ~0.2M parameters (low-dim).
-        # Plans with 3 steps, the fewest it unrolls in training: on low-dim Lift, 2 steps gave
-        # 47/50 and 3 gave 50/50 on the same checkpoint (README, Results).
         "tiny": dict(
             energy="transformer", d_model=64, n_heads=4, n_obs_layers=1, n_energy_layers=1,
-            resnet_width=8, n_keypoints=16, train_steps_base=3, train_steps_extra=1, max_steps=3,
+            resnet_width=8, n_keypoints=16, train_steps_base=3, train_steps_extra=1,
         ),
         "small": dict(
             energy="transformer", d_model=128, n_heads=4, n_obs_layers=2, n_energy_layers=2,
@@ -36,12 +37,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             energy="transformer", d_model=256, n_heads=4, n_obs_layers=8, n_energy_layers=8,
             resnet_width=64,
         ),
-        # The cheap MLP energy (method.md, last section): 3 x 256 SiLU, 3 unrolled steps. It plans
-        # with as many descent steps as it was trained to unroll: on low-dim Lift, 2 inference steps
-        # gave 47-48/50 and 3 gave 50/50 on the same four checkpoints (README, Results).
+        # The cheap MLP energy (method.md, last section): 3 x 256 SiLU, 3 unrolled steps.
         "mlp": dict(
             energy="mlp", mlp_hidden=256, mlp_layers=3, train_steps_base=3, train_steps_extra=0,
-            resnet_width=32, max_steps=3,
+            resnet_width=32,
         ),
     },
 }  # fmt: skip
