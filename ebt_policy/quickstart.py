@@ -5,7 +5,7 @@ seeded MuJoCo episodes -> print one table. Every stage reuses what an earlier ru
 (the episode store resumes, a finished checkpoint is reused, an unfinished one is resumed), so an
 interrupted quickstart continues where it stopped; ``--fresh`` starts over.
 
-The defaults (100 low-dim Lift demonstrations, the MLP energy, 5,000 training steps, about two
+The defaults (200 low-dim Lift demonstrations, the MLP energy, 5,000 training steps, about two
 minutes on a 2-core CPU, capped at five, planning with 2 descent steps) are sized so the command,
 installation included, stays under ten minutes on a 2-core CPU; the README lists the numbers
 measured with them.
@@ -31,7 +31,7 @@ class QuickstartArgs:
     """Task to learn (see `ebt-policy collect --help` for the list)."""
     out: Path = Path("runs/quickstart")
     """Where the demos (demos.zarr), the run (run/) and the evaluation (eval.json, videos/) go."""
-    episodes: int = 100
+    episodes: int = 200
     """Scripted-expert demonstrations to collect."""
     eval_episodes: int = 50
     """Seeded evaluation episodes."""
