@@ -33,7 +33,7 @@ def main() -> None:
     from rich.table import Table
 
     from ebt_policy import load_policy
-    from ebt_policy.envs.cli import _checkpoint_metadata
+    from ebt_policy.envs.cli import checkpoint_metadata
     from ebt_policy.envs.runner import evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,7 +53,7 @@ def main() -> None:
     for path in args.runs:
         rd = run_dir(path)
         policy = load_policy(rd)
-        metadata = _checkpoint_metadata(rd)
+        metadata = checkpoint_metadata(rd)
         cfg = policy.config
         trained = f"{cfg.train_steps_base}+U{{0..{cfg.train_steps_extra}}}"
         if not cfg.train_steps_extra:

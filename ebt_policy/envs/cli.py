@@ -126,7 +126,7 @@ class EvalArgs:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
 
 
-def _checkpoint_metadata(checkpoint: Path) -> dict[str, Any] | None:
+def checkpoint_metadata(checkpoint: Path) -> dict[str, Any] | None:
     """The training dataset's metadata saved in the checkpoint's config.json, if it has a task."""
     from ebt_policy.policies.checkpoint import read_checkpoint_config
 
@@ -186,7 +186,7 @@ def eval_main(argv: list[str]) -> int:
                 f"{args.checkpoint}: --descent-steps/--min-grad apply to energy policies only"
             )
         policy.set_inference(max_steps=args.descent_steps, min_grad=args.min_grad)
-    metadata = _checkpoint_metadata(args.checkpoint)
+    metadata = checkpoint_metadata(args.checkpoint)
     if args.task is None and metadata is None:
         raise CheckpointError(
             f"{args.checkpoint}: no dataset metadata with a task found; pass --task"
