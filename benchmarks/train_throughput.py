@@ -35,8 +35,10 @@ import numpy as np
 import torch
 
 from ebt_policy.policies import make_policy, make_policy_config
-from ebt_policy.training.config import TRAIN_PRESETS, TrainConfig
-from ebt_policy.training.loop import LossModule, make_ema, make_scheduler, train_step
+from ebt_policy.training.config import TrainConfig
+from ebt_policy.training.distributed import LossModule
+from ebt_policy.training.loop import train_step
+from ebt_policy.training.optim import make_ema, make_optimizer, make_scheduler
 
 STATE_DIM, ACTION_DIM = 19, 7  # about robosuite Lift's low-dim observation and OSC action
 
@@ -92,11 +94,16 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[dict[str,
         torch.manual_seed(0)
         policy_cfg = make_policy_config("ebt", preset=preset)
         policy = make_policy(policy_cfg, _shape_meta(args.image_size), stats=_stats()).to(device)
-        batch_size = args.batch_size or TRAIN_PRESETS[preset]["batch_size"]
         cfg = TrainConfig(
-            dataset="-", out="-", preset=preset, steps=1000, batch_size=batch_size, amp=args.amp
+            dataset="-",
+            out="-",
+            preset=preset,
+            steps=1000,
+            batch_size=args.batch_size or None,  # None: the preset's recipe
+            amp=args.amp,
         ).resolved()
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=1e-6)
+        batch_size = cfg.batch_size
+        optimizer = make_optimizer(policy, cfg)
         scheduler = make_scheduler(optimizer, cfg)
         ema = make_ema(policy, cfg)
         model = LossModule(policy).train()

@@ -16,7 +16,7 @@ import torch
 from ebt_policy.errors import ConfigError
 from ebt_policy.training import TrainConfig, train
 from ebt_policy.training import loop as train_loop
-from ebt_policy.training.loop import ema_decay
+from ebt_policy.training.optim import ema_decay, make_scheduler
 
 # Small MLP energy: the cheap preset, shrunk further so each step takes milliseconds.
 MLP_SMALL = {"mlp_hidden": 64, "mlp_layers": 2}
@@ -154,7 +154,7 @@ def test_resume_gives_the_same_loss_curve(
     c = _metrics(longer)
     assert [m["step"] for m in c] == list(range(1, 51))
     assert c[:40] == b  # the first 40 steps' lines are kept
-    reference = train_loop.make_scheduler(
+    reference = make_scheduler(
         torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3),
         _cfg(toy_store, tmp_path, steps=50, warmup_steps=8).resolved(),  # warm-up kept: 40 // 5
     )

@@ -19,7 +19,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 
 from ebt_policy.errors import CheckpointError
 from ebt_policy.policies.checkpoint import TRAINING_STATE_NAME, write_policy_files
+from ebt_policy.utils import atomic_directory, write_json_atomic
 
 STEP_PREFIX = "step_"
 
@@ -56,10 +56,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _make_readable(path: Path) -> None:
-    """mkdtemp and safetensors create owner-only entries; give them the usual umask modes."""
+    """Give an owner-only file the mode a plain ``open`` would (0o666 less the umask)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -102,10 +102,9 @@ def save_training_checkpoint(
 
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     name = f"{STEP_PREFIX}{step:08d}"
-    final = checkpoints_dir / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=checkpoints_dir))
-    _make_readable(tmp)
-    try:
+    # Built under a hidden temporary name and renamed into place whole; the same step saved
+    # again (e.g. by a resumed run that saved again) replaces the old directory.
+    with atomic_directory(checkpoints_dir / name, overwrite=True) as tmp:
         write_policy_files(
             ema_model,
             tmp,
@@ -116,34 +115,22 @@ def save_training_checkpoint(
         )
         state_dir = tmp / TRAINING_STATE_NAME
         state_dir.mkdir()
-        save_model(model, str(state_dir / "model.safetensors"))
+        weights = state_dir / "model.safetensors"
+        save_model(model, str(weights))
+        # safetensors writes owner-only files; atomic_directory fixes only the top level's
+        _make_readable(weights)
         torch.save(training_state, state_dir / "state.pt")
-        with open(state_dir / "progress.json", "w") as f:
-            json.dump(progress, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        for path in tmp.rglob("*"):
-            _make_readable(path)
+        write_json_atomic(state_dir / "progress.json", progress)
         _fsync_dir(tmp)
-        if final.exists():  # the same step saved before (e.g. a resumed run that saved again)
-            old = checkpoints_dir / f".{name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        # atomic symlink swap: make the new link under a temporary name, then rename over 'last'
-        link_tmp = checkpoints_dir / f".last.tmp-{os.getpid()}"
-        if link_tmp.is_symlink() or link_tmp.exists():
-            link_tmp.unlink()
-        os.symlink(name, link_tmp)
-        os.replace(link_tmp, checkpoints_dir / "last")
-        _fsync_dir(checkpoints_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    # atomic symlink swap: make the new link under a temporary name, then rename over 'last'
+    link_tmp = checkpoints_dir / f".last.tmp-{os.getpid()}"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(name, link_tmp)
+    os.replace(link_tmp, checkpoints_dir / "last")
+    _fsync_dir(checkpoints_dir)
     _prune(checkpoints_dir, keep, protect=name)
-    return final
+    return checkpoints_dir / name
 
 
 def _prune(checkpoints_dir: Path, keep: int, protect: str) -> None:
