@@ -180,37 +180,23 @@ def train(cfg: TrainConfig) -> Path:
 
         # ---- optimisation
         optimizer = make_optimizer(policy, cfg)
-        scheduler = make_scheduler(optimizer, cfg)
         ema = make_ema(policy, cfg) if cfg.ema else None
+        trainee = resume.Trainee(policy, optimizer, make_scheduler(optimizer, cfg), ema)
         loss_model = wrap_for_training(policy, dist_info, device, cfg.find_unused_parameters)
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp)
 
         # ---- restore, or seed the training RNG (different descent noise per rank)
         if resume_from is not None:
-            scheduler, step, epoch, batch_in_epoch = resume.restore_training_state(
-                resume_from,
-                policy=policy,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                ema=ema,
-                cfg=cfg,
-                saved_steps=saved["train_config"].get("steps"),
-                dist_info=dist_info,
+            saved_steps = saved["train_config"].get("steps")
+            step, epoch, batch_in_epoch = resume.restore_training_state(
+                resume_from, trainee, cfg, saved_steps, dist_info
             )
         else:
             step, epoch, batch_in_epoch = 0, 0, 0
             resume.seed_everything(cfg.seed + 1_000_003 * dist_info.rank)
+        files = {"shape_meta": shape_meta, "dataset_metadata": dataset_metadata}
         save = functools.partial(
-            resume.save_checkpoint,
-            checkpoints_dir,
-            policy=policy,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            ema=ema,
-            cfg=cfg,
-            dist_info=dist_info,
-            shape_meta=shape_meta,
-            dataset_metadata=dataset_metadata,
+            resume.save_checkpoint, checkpoints_dir, trainee, cfg, dist_info, files
         )
 
         # ---- run directory (rank 0 writes)
@@ -252,7 +238,7 @@ def train(cfg: TrainConfig) -> Path:
                 epoch, batch_in_epoch, batch = next(batches)
                 batch = to_device(batch, device)
                 out = train_step(
-                    loss_model, batch, optimizer, scheduler, ema, policy, cfg, autocast
+                    loss_model, batch, optimizer, trainee.scheduler, ema, policy, cfg, autocast
                 )
                 step += 1
                 window.add(out["loss"])

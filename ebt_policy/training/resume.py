@@ -89,44 +89,50 @@ def check_policy_config(saved: dict[str, Any], policy_cfg: Any, where: Path) -> 
         )
 
 
+@dataclasses.dataclass
+class Trainee:
+    """The objects a run trains: their states go into each checkpoint and come back on resume."""
+
+    policy: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+
+
 def restore_training_state(
     checkpoint_dir: Path,
-    *,
-    policy: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ema: AveragedModel | None,
+    trainee: Trainee,
     cfg: TrainConfig,
     saved_steps: int | None,
     dist_info: DistInfo,
-) -> tuple[torch.optim.lr_scheduler.LRScheduler, int, int, int]:
-    """Load a checkpoint's training state into the objects of a new run (this rank's RNG too).
+) -> tuple[int, int, int]:
+    """Load a checkpoint's training state into ``trainee`` (and this rank's RNG states).
 
     Args:
         saved_steps: ``steps`` of the run that wrote the checkpoint; when ``cfg.steps`` differs
-            the schedule is re-planned for the new total and fast-forwarded to the saved step.
+            ``trainee.scheduler`` is replaced by one planned for the new total, fast-forwarded to
+            the saved step.
 
     Returns:
-        ``(scheduler, step, epoch, batch_in_epoch)``: the scheduler to use (a new one when
-        re-planned) and the data position to continue from.
+        ``(step, epoch, batch_in_epoch)``: the data position to continue from.
     """
-    state, progress = ckpt.load_training_state(checkpoint_dir, policy)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if ema is not None:
+    state, progress = ckpt.load_training_state(checkpoint_dir, trainee.policy)
+    trainee.optimizer.load_state_dict(state["optimizer"])
+    trainee.scheduler.load_state_dict(state["scheduler"])
+    if trainee.ema is not None:
         if "ema" not in state:
             raise CheckpointError(f"{checkpoint_dir}: training state has no EMA")
-        ema.load_state_dict(state["ema"])
+        trainee.ema.load_state_dict(state["ema"])
     if saved_steps != cfg.steps:
         # a new total: re-plan warm-up + cosine for it and fast-forward to this step
-        for group in optimizer.param_groups:
+        for group in trainee.optimizer.param_groups:
             group["lr"] = cfg.lr
             group.pop("initial_lr", None)
-        scheduler = make_scheduler(optimizer, cfg)
+        trainee.scheduler = make_scheduler(trainee.optimizer, cfg)
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(int(progress["step"])):
-                scheduler.step()
+                trainee.scheduler.step()
     step, epoch = int(progress["step"]), int(progress["epoch"])
     batch_in_epoch = int(progress["batch_in_epoch"])
     rngs = state["rng"]
@@ -139,34 +145,32 @@ def restore_training_state(
             stacklevel=2,
         )
         seed_everything(cfg.seed + 1_000_003 * (dist_info.rank + 1) + step)
-    return scheduler, step, epoch, batch_in_epoch
+    return step, epoch, batch_in_epoch
 
 
 def save_checkpoint(
     checkpoints_dir: Path,
+    trainee: Trainee,
+    cfg: TrainConfig,
+    dist_info: DistInfo,
+    files: dict[str, Any],
     *,
     step: int,
     epoch: int,
     batch_in_epoch: int,
-    policy: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ema: AveragedModel | None,
-    cfg: TrainConfig,
-    dist_info: DistInfo,
-    shape_meta: dict[str, Any],
-    dataset_metadata: dict[str, Any],
 ) -> None:
     """Gather every rank's RNG state and write the checkpoint from rank 0 (all ranks call this).
 
-    ``model.safetensors`` holds the EMA weights (the policy's when EMA is off).
+    ``model.safetensors`` holds the EMA weights (the policy's when EMA is off). ``files``: the
+    ``shape_meta`` and ``dataset_metadata`` the policy's config.json records.
     """
     rng_all = gather_to_all(ckpt.rng_state(), dist_info)
     if not dist_info.is_main:
         return
+    ema = trainee.ema
     training_state = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "optimizer": trainee.optimizer.state_dict(),
+        "scheduler": trainee.scheduler.state_dict(),
         "rng": rng_all,
     }
     if ema is not None:
@@ -182,12 +186,12 @@ def save_checkpoint(
     ckpt.save_training_checkpoint(
         checkpoints_dir,
         step=step,
-        model=policy,
-        ema_model=ema.module if ema is not None else policy,
+        model=trainee.policy,
+        ema_model=ema.module if ema is not None else trainee.policy,
         training_state=training_state,
         progress=progress,
-        shape_meta=shape_meta,
-        dataset_metadata=dataset_metadata,
+        shape_meta=files["shape_meta"],
+        dataset_metadata=files["dataset_metadata"],
         train_config=cfg.to_dict(),
         keep=cfg.keep_checkpoints,
     )
