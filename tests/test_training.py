@@ -393,3 +393,30 @@ def test_ddp_resume_gives_the_same_loss_curve(toy_store: Path, tmp_path: Path) -
     run(tmp_path / "b", "--resume")
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert [m["loss"] for m in a] == [m["loss"] for m in b]
+
+
+def test_batch_stream_resumed_mid_epoch_continues_the_same_order(toy_store: Path) -> None:
+    """Starting at (epoch, batch) yields exactly what a stream from the start yields from there."""
+    from types import SimpleNamespace
+
+    from ebt_policy.datasets import EpisodeStore
+    from ebt_policy.training.data import batch_stream, make_data
+    from ebt_policy.training.distributed import DistInfo
+
+    cfg = _cfg(toy_store, Path("unused")).resolved()
+    policy = SimpleNamespace(n_obs_steps=2, horizon=4)
+    store = EpisodeStore.open(toy_store)
+
+    def actions(epoch: int, batch_in_epoch: int, n: int) -> list[tuple[int, int, torch.Tensor]]:
+        data = make_data(cfg, store, ["state"], policy, DistInfo(), torch.device("cpu"))
+        stream = batch_stream(data, cfg.seed, 0, epoch, batch_in_epoch)
+        return [(e, b, batch["action"]) for (e, b, batch), _ in zip(stream, range(n), strict=False)]
+
+    full = actions(0, 0, 40)
+    per_epoch = max(b for e, b, _ in full if e == 0)
+    assert full[per_epoch][:2] == (1, 1)  # the next epoch starts after the last full batch
+    start = per_epoch + 3  # part-way through epoch 1
+    tail = actions(*full[start - 1][:2], len(full) - start)
+    assert [x[:2] for x in tail] == [x[:2] for x in full[start:]]
+    for (_, _, a), (_, _, b) in zip(tail, full[start:], strict=True):
+        assert torch.equal(a, b)
