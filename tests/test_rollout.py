@@ -167,3 +167,17 @@ def test_n_action_steps_caps_each_chunk_and_bad_chunks_raise():
         executor.act()
     with pytest.raises(ValueError, match="n_rows"):
         RolloutExecutor(CountingPolicy(), n_rows=0)
+
+
+def test_rollout_imports_no_envs_datasets_training_or_simulators():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ebt_policy.rollout; "
+        "bad = ('ebt_policy.envs', 'ebt_policy.datasets', 'ebt_policy.training', 'zarr', "
+        "'mujoco', 'robosuite', 'gymnasium'); "
+        "print(sorted(m for m in sys.modules if m.startswith(bad)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ebt_policy.envs.collect_workers import (
+    AttemptSettings,
     InProcess,
     ProcessPool,
     new_expert,
@@ -182,11 +183,9 @@ def collect(config: CollectConfig) -> CollectSummary:
         try:
             if needed > 0:
                 n_workers = min(cfg.workers, needed)
-                run_args = (task, env_kwargs, keep_failures, cfg.max_episode_steps)
-                if n_workers == 1:
-                    runner = InProcess(*run_args)
-                else:
-                    runner = ProcessPool(*run_args, n_workers)
+                settings = AttemptSettings(task, env_kwargs, keep_failures, cfg.max_episode_steps)
+                one = n_workers == 1
+                runner = InProcess(settings) if one else ProcessPool(settings, n_workers)
                 next_submit = int(col["next_seed"])
                 in_flight: set[int] = set()
                 done: dict[int, EpisodeAttempt] = {}  # finished, not yet committed (out of order)

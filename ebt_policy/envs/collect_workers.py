@@ -1,8 +1,9 @@
 """Playing expert episodes: one in this process, or many in spawned worker processes.
 
 :func:`run_expert_episode` plays one seeded episode of a task's scripted expert; the collector runs
-it through :class:`InProcess` (workers=1) or :class:`ProcessPool` (workers>1: each process builds
-its own env once and plays the seeds it is handed). Only the parent process writes the store.
+attempts (as :class:`AttemptSettings` says) through :class:`InProcess` (workers=1) or
+:class:`ProcessPool` (workers>1: each process builds its own env once and plays the seeds it is
+handed). Only the parent process writes the store.
 
 Spawned workers import this module: it imports no torch and no policy code.
 """
@@ -15,6 +16,7 @@ import os
 import queue
 import sys
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,7 @@ import numpy as np
 from ebt_policy.envs.results import EpisodeAttempt
 from ebt_policy.utils import default_mujoco_gl
 
-__all__ = ["InProcess", "ProcessPool", "new_expert", "run_expert_episode"]
+__all__ = ["AttemptSettings", "InProcess", "ProcessPool", "new_expert", "run_expert_episode"]
 
 
 def new_expert(spec: Any, seed: int | None) -> Any:
@@ -72,14 +74,27 @@ def run_expert_episode(
     return EpisodeAttempt(seed, success, len(actions), coverage, data)
 
 
-def _play(
-    env: Any, spec: Any, seed: int, keep_failures: bool, max_episode_steps: int | None
-) -> EpisodeAttempt:
-    """One attempt; a failure's data is dropped unless kept (so workers do not ship it)."""
-    attempt = run_expert_episode(env, spec, seed, max_episode_steps=max_episode_steps)
-    if not (attempt.success or keep_failures):
-        attempt.data = None
-    return attempt
+@dataclass(frozen=True)
+class AttemptSettings:
+    """How every attempt of one collection is played (picklable: sent to spawned workers)."""
+
+    task: str
+    env_kwargs: dict[str, Any]
+    keep_failures: bool
+    max_episode_steps: int | None
+
+    def build(self) -> tuple[Any, Any]:
+        """The task's spec and a fresh env."""
+        from ebt_policy.envs import get_task, make_env
+
+        return get_task(self.task), make_env(self.task, **self.env_kwargs)
+
+    def play(self, env: Any, spec: Any, seed: int) -> EpisodeAttempt:
+        """One attempt; a failure's data is dropped unless kept (so workers do not ship it)."""
+        attempt = run_expert_episode(env, spec, seed, max_episode_steps=self.max_episode_steps)
+        if not (attempt.success or self.keep_failures):
+            attempt.data = None
+        return attempt
 
 
 def _die_with_parent() -> None:
@@ -92,23 +107,12 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker(
-    task: str,
-    env_kwargs: dict[str, Any],
-    keep_failures: bool,
-    max_episode_steps: int | None,
-    seeds: Any,
-    results: Any,
-    parent_pid: int,
-) -> None:
+def _worker(settings: AttemptSettings, seeds: Any, results: Any, parent_pid: int) -> None:
     """Worker process: build the env once, then play the seeds it is handed until None."""
     _die_with_parent()
     default_mujoco_gl()
     try:
-        from ebt_policy.envs import get_task, make_env
-
-        spec = get_task(task)
-        env = make_env(task, **env_kwargs)
+        spec, env = settings.build()
     except BaseException:
         results.put(("error", None, traceback.format_exc()))
         return
@@ -123,7 +127,7 @@ def _worker(
             if seed is None:
                 return
             try:
-                attempt = _play(env, spec, seed, keep_failures, max_episode_steps)
+                attempt = settings.play(env, spec, seed)
                 results.put(("ok", seed, attempt))
             except BaseException:
                 results.put(("error", seed, traceback.format_exc()))
@@ -135,19 +139,9 @@ def _worker(
 class InProcess:
     """workers=1: play seeds in this process (no spawn cost, a kill stops everything at once)."""
 
-    def __init__(
-        self,
-        task: str,
-        env_kwargs: dict[str, Any],
-        keep_failures: bool,
-        max_episode_steps: int | None,
-    ) -> None:
-        from ebt_policy.envs import get_task, make_env
-
-        self.spec = get_task(task)
-        self.env = make_env(task, **env_kwargs)
-        self.keep_failures = keep_failures
-        self.max_episode_steps = max_episode_steps
+    def __init__(self, settings: AttemptSettings) -> None:
+        self.settings = settings
+        self.spec, self.env = settings.build()
         self.todo: list[int] = []
 
     def submit(self, seed: int) -> None:
@@ -155,7 +149,7 @@ class InProcess:
 
     def get(self) -> EpisodeAttempt:
         seed = self.todo.pop(0)
-        return _play(self.env, self.spec, seed, self.keep_failures, self.max_episode_steps)
+        return self.settings.play(self.env, self.spec, seed)
 
     def close(self) -> None:
         self.env.close()
@@ -164,33 +158,12 @@ class InProcess:
 class ProcessPool:
     """workers>1: spawned processes fed seeds through a queue."""
 
-    def __init__(
-        self,
-        task: str,
-        env_kwargs: dict[str, Any],
-        keep_failures: bool,
-        max_episode_steps: int | None,
-        workers: int,
-    ) -> None:
+    def __init__(self, settings: AttemptSettings, workers: int) -> None:
         ctx = mp.get_context("spawn")
         self.seeds = ctx.Queue()
         self.results = ctx.Queue()
-        self.procs = [
-            ctx.Process(
-                target=_worker,
-                args=(
-                    task,
-                    env_kwargs,
-                    keep_failures,
-                    max_episode_steps,
-                    self.seeds,
-                    self.results,
-                    os.getpid(),
-                ),
-                daemon=True,
-            )
-            for _ in range(workers)
-        ]
+        args = (settings, self.seeds, self.results, os.getpid())
+        self.procs = [ctx.Process(target=_worker, args=args, daemon=True) for _ in range(workers)]
         for proc in self.procs:
             proc.start()
 

@@ -18,16 +18,7 @@ from ebt_policy.envs.spec import Expert, TaskSpec, load_factory
 from ebt_policy.envs.tasks import BUILTIN_SPECS
 from ebt_policy.errors import TaskError
 
-__all__ = [
-    "Expert",
-    "TaskSpec",
-    "get_task",
-    "list_tasks",
-    "make_env",
-    "make_env_from_metadata",
-    "make_expert",
-    "register_task",
-]
+# the public names are listed once, in ebt_policy/envs/__init__.py
 
 _TASKS: dict[str, TaskSpec] = {}
 
