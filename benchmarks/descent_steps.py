@@ -4,7 +4,7 @@
         [--episodes 50] [--workers 2]
 
 RUN is a run directory (``ebt-policy train --out``) or a quickstart ``--out`` (its ``run/``).
-Each setting is ``MAX_STEPS`` (exactly that many steps) or ``MAX_STEPS:MIN_GRAD`` (the adaptive
+Each setting is ``STEPS`` (exactly that many descent steps) or ``STEPS:MIN_GRAD`` (the adaptive
 rule: a sample stops early once its gradient norm falls below MIN_GRAD). Every setting of a run
 is evaluated on the same seeded episodes (seeds 100000 + i by default) with the same initial
 noise, so the rows differ only by the stopping rule. Prints one table measured on this run.
@@ -13,10 +13,11 @@ noise, so the rows differ only by the stopping rule. Prints one table measured o
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from ebt_policy.utils import default_mujoco_gl
+
+default_mujoco_gl()
 
 
 def parse_setting(text: str) -> tuple[int, float | None]:
@@ -34,7 +35,7 @@ def main() -> None:
 
     from ebt_policy import load_policy
     from ebt_policy.envs.cli import checkpoint_metadata
-    from ebt_policy.envs.runner import evaluate
+    from ebt_policy.envs.runner import EvalConfig, evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -46,7 +47,7 @@ def main() -> None:
     settings = [parse_setting(s) for s in args.settings]
 
     table = Table(title=f"Success vs inference descent steps ({args.episodes} episodes each)")
-    for col in ("run", "trained N", "max steps", "min grad", "success", "mean steps"):
+    for col in ("run", "trained N", "descent steps", "min grad", "success", "mean steps"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for col in ("latency p50 ms", "energy range"):
         table.add_column(col, justify="right")
@@ -58,28 +59,28 @@ def main() -> None:
         trained = f"{cfg.train_steps_base}+U{{0..{cfg.train_steps_extra}}}"
         if not cfg.train_steps_extra:
             trained = str(cfg.train_steps_base)
-        for max_steps, min_grad in settings:
-            # min_grad 0 never stops early: exactly max_steps steps
-            policy.set_inference(max_steps=max_steps, min_grad=min_grad or 0.0)
-            result = evaluate(
-                policy,
-                metadata=metadata,
-                episodes=args.episodes,
-                seed=args.seed,
-                workers=args.workers,
+        for descent_steps, min_grad in settings:
+            # min_grad 0 never stops early: exactly descent_steps steps
+            policy.set_inference(max_steps=descent_steps, min_grad=min_grad or 0.0)
+            config = EvalConfig(
+                metadata=metadata, episodes=args.episodes, seed=args.seed, workers=args.workers
             )
+            result = evaluate(policy, config)
             agg = result.aggregates()
             table.add_row(
                 str(path),
                 trained,
-                str(max_steps),
+                str(descent_steps),
                 "-" if min_grad is None else f"{min_grad:g}",
                 f"{result.success_rate:.0%} ({agg['n_success']}/{result.n_episodes})",
-                f"{agg['mean_steps']:.2f}",
+                f"{agg['mean_descent_steps']:.2f}",
                 f"{agg['latency_p50_ms']:.2f}",
                 f"{agg['energy_min']:.3f} .. {agg['energy_max']:.3f}",
             )
-            print(f"{path} max_steps={max_steps} min_grad={min_grad}: {result.success_rate:.0%}")
+            print(
+                f"{path} descent_steps={descent_steps} min_grad={min_grad}: "
+                f"{result.success_rate:.0%}"
+            )
     Console(width=140).print(table)
 
 

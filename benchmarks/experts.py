@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from ebt_policy.utils import default_mujoco_gl
+
+default_mujoco_gl()
 
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402

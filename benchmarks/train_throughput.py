@@ -209,10 +209,11 @@ def _success_rate(run_dir: Path, dataset: str, episodes: int) -> float:
     """Closed-loop success in the store's own task (its metadata rebuilds the env)."""
     from ebt_policy import load_policy
     from ebt_policy.datasets import EpisodeStore
-    from ebt_policy.envs.runner import evaluate
+    from ebt_policy.envs.runner import EvalConfig, evaluate
 
     metadata = EpisodeStore.open(dataset).metadata
-    result = evaluate(load_policy(run_dir), metadata=metadata, episodes=episodes, seed=100_000)
+    config = EvalConfig(metadata=metadata, episodes=episodes, seed=100_000)
+    result = evaluate(load_policy(run_dir), config)
     return float(result.success_rate)
 
 

@@ -141,9 +141,10 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
 
     from ebt_policy import load_policy
     from ebt_policy.datasets import EpisodeStore
-    from ebt_policy.envs.collect import collect
-    from ebt_policy.envs.runner import evaluate
+    from ebt_policy.envs.collect import CollectConfig, collect
+    from ebt_policy.envs.runner import EvalConfig, evaluate
     from ebt_policy.training import TrainConfig, train
+    from ebt_policy.utils import resolve_device, write_json_atomic
 
     console = console or Console()
     out = Path(args.out)
@@ -156,12 +157,14 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
     console.rule(f"1/3 collect {args.episodes} {args.task} demonstrations")
     t0 = time.perf_counter()
     collect(
-        task=args.task,
-        episodes=args.episodes,
-        out=demos_path,
-        seed=args.seed,
-        workers=args.workers,
-        progress=True,
+        CollectConfig(
+            task=args.task,
+            episodes=args.episodes,
+            out=demos_path,
+            seed=args.seed,
+            workers=args.workers,
+            progress=True,
+        )
     )
     collect_s = time.perf_counter() - t0
     store = EpisodeStore.open(demos_path, mode="r")
@@ -195,17 +198,11 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
 
     # 3. evaluation on seeds the demos never used
     console.rule(f"3/3 evaluate over {args.eval_episodes} seeded episodes")
-    device = args.device
-    if device == "auto":  # as training resolves it
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    policy = load_policy(run_dir, device=device)
+    policy = load_policy(run_dir, device=resolve_device(args.device))  # as training resolves it
     if args.descent_steps is not None:
         policy.set_inference(max_steps=args.descent_steps)
     t0 = time.perf_counter()
-    result = evaluate(
-        policy,
+    config = EvalConfig(
         metadata=store.metadata,
         episodes=args.eval_episodes,
         seed=100_000,
@@ -215,6 +212,7 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
         json_path=out / "eval.json",
         progress=True,
     )
+    result = evaluate(policy, config)
     eval_s = time.perf_counter() - t0
     agg = result.aggregates()
     video = next((e.video for e in result.episodes if e.video), None)
@@ -230,7 +228,7 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
         n_success=agg["n_success"],
         eval_episodes=result.n_episodes,
         eval_s=eval_s,
-        mean_descent_steps=agg["mean_steps"],
+        mean_descent_steps=agg["mean_descent_steps"],
         latency_p50_ms=agg["latency_p50_ms"],
         latency_p99_ms=agg["latency_p99_ms"],
         energy_min=agg["energy_min"],
@@ -240,7 +238,7 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
         eval_json=str(out / "eval.json"),
         video=video,
     )
-    (out / "quickstart.json").write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+    write_json_atomic(out / "quickstart.json", res.to_dict())
     return res
 
 

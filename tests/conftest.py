@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from ebt_policy.utils import default_mujoco_gl
 
 # MuJoCo renders offscreen on CPU through EGL (Mesa llvmpipe); osmesa where EGL is missing.
-os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+default_mujoco_gl()

@@ -15,7 +15,7 @@ import pytest
 from ebt_policy.cli import main as cli_main
 from ebt_policy.datasets import EpisodeStore
 from ebt_policy.envs import get_task, make_env
-from ebt_policy.envs.collect import collect, run_expert_episode
+from ebt_policy.envs.collect import CollectConfig, collect, run_expert_episode
 from ebt_policy.errors import DatasetError, TaskError
 
 
@@ -63,8 +63,8 @@ def test_collect_cli_then_dataset_info(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_collect_result_does_not_depend_on_workers(tmp_path: Path) -> None:
-    one = collect("twogoal", 4, tmp_path / "one.zarr", seed=10, workers=1)
-    two = collect("twogoal", 4, tmp_path / "two.zarr", seed=10, workers=2)
+    one = collect(CollectConfig("twogoal", 4, tmp_path / "one.zarr", seed=10, workers=1))
+    two = collect(CollectConfig("twogoal", 4, tmp_path / "two.zarr", seed=10, workers=2))
     assert one.n_episodes == two.n_episodes == 4
     assert one.attempts == two.attempts and one.n_steps == two.n_steps
     _assert_same_episodes(_episodes(tmp_path / "one.zarr"), _episodes(tmp_path / "two.zarr"))
@@ -108,14 +108,14 @@ def test_killed_collect_resumes_to_n_without_duplicates(tmp_path: Path, sig: int
     resumed = _episodes(out)
     _assert_distinct(resumed, "agent_pos")
     # and it is exactly what an uninterrupted collection stores
-    collect("twogoal", n, tmp_path / "straight.zarr", seed=3)
+    collect(CollectConfig("twogoal", n, tmp_path / "straight.zarr", seed=3))
     _assert_same_episodes(resumed, _episodes(tmp_path / "straight.zarr"))
 
 
 def test_resume_recognises_episode_written_but_not_recorded(tmp_path: Path) -> None:
     """Killed between appending an episode and recording its seed: the episode is kept once."""
     out = tmp_path / "demos.zarr"
-    collect("twogoal", 2, out, seed=0)
+    collect(CollectConfig("twogoal", 2, out, seed=0))
     store = EpisodeStore.open(out, "a")
     next_seed = store.metadata["collection"]["next_seed"]
     env = make_env("twogoal")
@@ -123,39 +123,43 @@ def test_resume_recognises_episode_written_but_not_recorded(tmp_path: Path) -> N
     env.close()
     store.close()
 
-    summary = collect("twogoal", 4, out, seed=0)
+    summary = collect(CollectConfig("twogoal", 4, out, seed=0))
     assert summary.resumed and summary.new_episodes == 1
     store = EpisodeStore.open(out)
     assert store.n_episodes == 4
     assert store.metadata["collection"]["kept_seeds"] == [0, 1, 2, 3]
-    collect("twogoal", 4, tmp_path / "straight.zarr", seed=0)
+    collect(CollectConfig("twogoal", 4, tmp_path / "straight.zarr", seed=0))
     _assert_same_episodes(_episodes(out), _episodes(tmp_path / "straight.zarr"))
 
 
 def test_complete_store_is_left_alone_and_mismatched_resume_fails(tmp_path: Path) -> None:
     out = tmp_path / "demos.zarr"
-    collect("twogoal", 2, out, seed=0)
-    again = collect("twogoal", 2, out, seed=0)
+    collect(CollectConfig("twogoal", 2, out, seed=0))
+    again = collect(CollectConfig("twogoal", 2, out, seed=0))
     assert again.resumed and again.attempts == 0 and again.n_episodes == 2
     with pytest.raises(DatasetError, match="collection.task"):
-        collect("lift", 3, out, seed=0)
+        collect(CollectConfig("lift", 3, out, seed=0))
     with pytest.raises(DatasetError, match="collection.seed"):
-        collect("twogoal", 3, out, seed=7)
+        collect(CollectConfig("twogoal", 3, out, seed=7))
     with pytest.raises(TaskError, match="unknown task"):
-        collect("nope", 3, tmp_path / "x.zarr")
+        collect(CollectConfig("nope", 3, tmp_path / "x.zarr"))
     assert not (tmp_path / "x.zarr").exists()
     EpisodeStore.create(tmp_path / "foreign.zarr", {})
     with pytest.raises(DatasetError, match="no 'collection' metadata"):
-        collect("twogoal", 1, tmp_path / "foreign.zarr")
+        collect(CollectConfig("twogoal", 1, tmp_path / "foreign.zarr"))
 
 
 def test_keep_failures_records_which_episodes_failed(tmp_path: Path) -> None:
-    # a 10-step horizon is too short for the twogoal expert: every attempt fails
-    summary = collect("twogoal", 2, tmp_path / "d.zarr", keep_failures=True, max_steps=10)
+    # a 10-step episode cap is too short for the twogoal expert: every attempt fails
+    summary = collect(
+        CollectConfig("twogoal", 2, tmp_path / "d.zarr", keep_failures=True, max_episode_steps=10)
+    )
     assert summary.successes == 0 and summary.n_episodes == 2
     col = EpisodeStore.open(tmp_path / "d.zarr").metadata["collection"]
     assert col["episode_success"] == [False, False]
-    dropped = collect("twogoal", 1, tmp_path / "e.zarr", max_steps=10, max_attempts=3)
+    dropped = collect(
+        CollectConfig("twogoal", 1, tmp_path / "e.zarr", max_episode_steps=10, max_attempts=3)
+    )
     assert dropped.attempts == 3 and dropped.n_episodes == 0
     col = EpisodeStore.open(tmp_path / "e.zarr").metadata["collection"]
     assert col["failed_seeds"] == [0, 1, 2]
@@ -164,7 +168,7 @@ def test_keep_failures_records_which_episodes_failed(tmp_path: Path) -> None:
 def test_image_collection_lift(tmp_path: Path) -> None:
     """Two robosuite Lift episodes with both cameras, rendered headless (MUJOCO_GL=egl)."""
     out = tmp_path / "img.zarr"
-    summary = collect("lift", 2, out, seed=0, images=True)
+    summary = collect(CollectConfig("lift", 2, out, seed=0, images=True))
     assert summary.n_episodes == 2
     store = EpisodeStore.open(out)
     spec = get_task("lift")

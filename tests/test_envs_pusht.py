@@ -48,7 +48,7 @@ def test_expert_pushes_t_onto_target(env):
         expert.reset()
         obs, info = env.reset(seed=1000 + seed)
         start_cov.append(info["coverage"])
-        for _ in range(spec.horizon):
+        for _ in range(spec.max_episode_steps):
             action = expert.act(obs)
             assert action.dtype == np.float32 and action.shape == (2,)
             obs, _, terminated, truncated, info = env.step(action)
@@ -84,6 +84,6 @@ def test_images_and_metadata_rebuild(env):
         ref, _ = env.reset(seed=5)
         for key in ref:
             np.testing.assert_array_equal(ref[key], obs[key])
-        assert rebuilt._max_episode_steps == get_task("pusht").horizon
+        assert rebuilt._max_episode_steps == get_task("pusht").max_episode_steps
     finally:
         rebuilt.close()

@@ -40,7 +40,7 @@ def test_metadata_rebuilds_same_env():
     meta = spec.dataset_metadata(images=False, terminate_on_success=False)
     a, b = make_env("twogoal", terminate_on_success=False), make_env_from_metadata(meta)
     assert b.unwrapped.terminate_on_success is False
-    assert b._max_episode_steps == a._max_episode_steps == spec.horizon
+    assert b._max_episode_steps == a._max_episode_steps == spec.max_episode_steps
     oa, _ = a.reset(seed=3)
     ob, _ = b.reset(seed=3)
     for _ in range(5):

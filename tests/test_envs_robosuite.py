@@ -72,7 +72,7 @@ def test_expert_succeeds(task_env):
     for seed in range(3):
         expert.reset()
         obs, _ = env.reset(seed=1000 + seed)
-        for _ in range(spec.horizon):
+        for _ in range(spec.max_episode_steps):
             action = expert.act(obs)
             assert action.dtype == np.float32 and action.shape == (spec.action_dim,)
             obs, _, terminated, truncated, info = env.step(action)
@@ -104,7 +104,9 @@ def test_metadata_rebuilds_same_env(envs):
     meta = get_task(name).dataset_metadata(images=False)
     rebuilt = make_env_from_metadata(meta)
     try:
-        assert rebuilt._max_episode_steps == env._max_episode_steps == get_task(name).horizon
+        assert (
+            rebuilt._max_episode_steps == env._max_episode_steps == get_task(name).max_episode_steps
+        )
         assert _low_dim_equal(env.reset(seed=11)[0], rebuilt.reset(seed=11)[0])
     finally:
         rebuilt.close()
@@ -137,7 +139,7 @@ def test_expert_success_rate_50_episodes(name, envs):
     for seed in range(50):
         expert.reset()
         obs, _ = env.reset(seed=seed)
-        for _ in range(spec.horizon):
+        for _ in range(spec.max_episode_steps):
             obs, _, terminated, truncated, info = env.step(expert.act(obs))
             if terminated or truncated:
                 break

@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from ebt_policy.envs import get_task, make_env, twogoal
+from ebt_policy.envs import get_task, make_env
+from ebt_policy.envs.tasks.twogoal import env as twogoal
 
 
 def _warning_count(env) -> int:
@@ -17,7 +18,7 @@ def _warning_count(env) -> int:
 def _run_expert(spec, env, seed: int) -> tuple[bool, float]:
     expert = spec.make_expert(seed)
     obs, _ = env.reset(seed=seed)
-    for _ in range(spec.horizon):
+    for _ in range(spec.max_episode_steps):
         obs, _, terminated, truncated, info = env.step(expert.act(obs))
         if terminated or truncated:
             break
@@ -41,20 +42,20 @@ def test_random_actions_finite_no_warnings():
     env.close()
 
 
-def test_truncates_at_horizon_and_success_terminates():
+def test_truncates_at_max_episode_steps_and_success_terminates():
     spec = get_task("twogoal")
     env = make_env("twogoal")
     env.reset(seed=0)
-    for t in range(spec.horizon):
+    for t in range(spec.max_episode_steps):
         _, _, terminated, truncated, info = env.step(np.zeros(2, np.float32))
         assert not terminated and not info["success"]
-        assert truncated == (t == spec.horizon - 1)
+        assert truncated == (t == spec.max_episode_steps - 1)
     # keep going after success when asked
     env2 = make_env("twogoal", terminate_on_success=False)
     expert = spec.make_expert(0)
     obs, _ = env2.reset(seed=0)
     succeeded = []
-    for _ in range(spec.horizon):
+    for _ in range(spec.max_episode_steps):
         obs, _, terminated, truncated, info = env2.step(expert.act(obs))
         assert not terminated
         succeeded.append(info["success"])
@@ -77,7 +78,7 @@ def test_mean_of_modes_fails():
     this is what makes the task separate mode-averaging policies from multimodal ones."""
     env = make_env("twogoal")
     obs, _ = env.reset(seed=0)
-    for _ in range(get_task("twogoal").horizon):
+    for _ in range(get_task("twogoal").max_episode_steps):
         obs, _, terminated, truncated, info = env.step(np.array([0.0, 1.0], np.float32))
         assert not info["success"]
         if truncated:
@@ -116,7 +117,7 @@ def test_expert_success_rate_50_episodes():
     for seed in range(50):
         expert.reset()
         obs, _ = env.reset(seed=seed)
-        for _ in range(spec.horizon):
+        for _ in range(spec.max_episode_steps):
             obs, _, terminated, truncated, info = env.step(expert.act(obs))
             if terminated or truncated:
                 break
@@ -144,7 +145,7 @@ def test_mse_regression_policy_fails():
         expert.reset()
         obs, _ = env.reset(seed=seed)
         prev = None
-        for _ in range(spec.horizon):
+        for _ in range(spec.max_episode_steps):
             action = expert.act(obs)
             x, prev = features(obs, prev)
             xs.append(x)
@@ -174,7 +175,7 @@ def test_mse_regression_policy_fails():
     for seed in range(20):
         obs, _ = env.reset(seed=10_000 + seed)
         prev = None
-        for _ in range(spec.horizon):
+        for _ in range(spec.max_episode_steps):
             x, prev = features(obs, prev)
             with torch.no_grad():
                 action = net((torch.tensor(x) - mean) / std).numpy()

@@ -11,7 +11,6 @@ import torch
 
 from ebt_policy.errors import ConfigError, EbtPolicyError
 from ebt_policy.policies import (
-    ActionQueue,
     EBTPolicy,
     Policy,
     make_policy,
@@ -267,20 +266,6 @@ def test_state_dict_carries_normaliser_and_weights():
     a = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0)).chunk
     b = empty.predict_chunk(obs, generator=torch.Generator().manual_seed(0)).chunk
     np.testing.assert_array_equal(a, b)
-
-
-def test_action_queue_executes_ta_actions_then_replans():
-    policy = make_policy(make_policy_config("ebt", "mlp"), shape_meta(), random_stats()).eval()
-    queue = ActionQueue(policy)
-    obs = obs_np(batch(2))
-    first = queue.act(obs)
-    plan = queue.last_prediction
-    rest = [queue.act(obs) for _ in range(19)]
-    assert queue.n_plans == 3  # planned at steps 0, 8 and 16
-    np.testing.assert_array_equal(np.stack([first, *rest[:7]], axis=1), plan.actions)
-    assert queue.last_prediction is not plan and first.shape == (2, DA)
-    queue.reset()
-    assert queue.needs_plan and len(queue) == 0
 
 
 # ---------------------------------------------------------------------------- toy task

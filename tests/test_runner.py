@@ -10,10 +10,10 @@ import pytest
 
 from ebt_policy.datasets import EpisodeStore
 from ebt_policy.envs import make_env
-from ebt_policy.envs.collect import collect
+from ebt_policy.envs.collect import CollectConfig, collect
 from ebt_policy.envs.expert_policy import ExpertPolicy
-from ebt_policy.envs.runner import EvalResult, evaluate
-from ebt_policy.envs.twogoal import GOALS
+from ebt_policy.envs.runner import EvalConfig, EvalResult, evaluate
+from ebt_policy.envs.tasks.twogoal.env import GOALS
 from ebt_policy.envs.video import annotate
 from ebt_policy.errors import ConfigError
 from ebt_policy.policies.base import ChunkPrediction, Policy
@@ -38,7 +38,12 @@ class ChunkPolicy:
     def reset(self) -> None:
         self.resets += 1
 
-    def predict_chunk(self, obs_window: dict[str, np.ndarray]) -> ChunkPrediction:
+    def start_episode(self, row: int, seed: int | None) -> None:
+        self.resets += 1  # per-episode state would be cleared here (this policy keeps none)
+
+    def predict_chunk(
+        self, obs_window: dict[str, np.ndarray], rows: list[int] | None = None
+    ) -> ChunkPrediction:
         pos = obs_window["agent_pos"][:, -1].astype(np.float64)  # (B, 2)
         around = (pos[:, 1] < 0.0) & (pos[:, 0] < 0.17)
         target = np.where(around[:, None], [[0.2, -0.05]], GOALS[1][None])
@@ -68,7 +73,7 @@ def test_chunks_and_stacked_observations_replay_exactly() -> None:
     """Each chunk sees [obs t-1, obs t] (first frame repeated at t=0) and its Ta actions run."""
     policy = ChunkPolicy()
     assert isinstance(policy, Policy)
-    result = evaluate(policy, task="twogoal", episodes=3, seed=5, workers=1)
+    result = evaluate(policy, EvalConfig(task="twogoal", episodes=3, seed=5, workers=1))
     assert [e.seed for e in result.episodes] == [5, 6, 7]
     assert result.success_rate == 1.0
     assert policy.resets >= 3  # no state may leak from one episode into the next
@@ -100,8 +105,8 @@ def test_chunks_and_stacked_observations_replay_exactly() -> None:
 
 def test_two_async_workers_give_the_same_per_seed_results() -> None:
     for make_policy in (ChunkPolicy, lambda: ExpertPolicy("twogoal")):
-        one = evaluate(make_policy(), task="twogoal", episodes=5, seed=0, workers=1)
-        two = evaluate(make_policy(), task="twogoal", episodes=5, seed=0, workers=2)
+        one = evaluate(make_policy(), EvalConfig(task="twogoal", episodes=5, seed=0, workers=1))
+        two = evaluate(make_policy(), EvalConfig(task="twogoal", episodes=5, seed=0, workers=2))
         assert two.workers == 2
         assert _outcomes(one) == _outcomes(two)
         energies = [[c.energy for c in e.chunks] for e in one.episodes]
@@ -110,30 +115,30 @@ def test_two_async_workers_give_the_same_per_seed_results() -> None:
 
 def test_expert_scores_the_same_through_the_runner_as_when_collecting(tmp_path: Path) -> None:
     out = tmp_path / "lift.zarr"
-    summary = collect("lift", 3, out, seed=0, keep_failures=True)
+    summary = collect(CollectConfig("lift", 3, out, seed=0, keep_failures=True))
     store = EpisodeStore.open(out)
     col = store.metadata["collection"]
     assert col["kept_seeds"] == [0, 1, 2] and summary.attempts == 3
-    result = evaluate(ExpertPolicy("lift"), metadata=store.metadata, episodes=3, seed=0)
+    result = evaluate(ExpertPolicy("lift"), EvalConfig(metadata=store.metadata, episodes=3, seed=0))
     assert [e.seed for e in result.episodes] == col["kept_seeds"]
     assert [e.success for e in result.episodes] == col["episode_success"]
     assert [e.length for e in result.episodes] == store.episode_lengths().tolist()
 
 
-def test_max_steps_json_and_video(tmp_path: Path) -> None:
+def test_max_episode_steps_json_and_video(tmp_path: Path) -> None:
     import imageio.v2 as imageio
 
     policy = ChunkPolicy()
-    result = evaluate(
-        policy,
+    config = EvalConfig(
         task="twogoal",
         episodes=2,
         seed=0,
-        max_steps=10,
+        max_episode_steps=10,
         video_dir=tmp_path / "videos",
         n_videos=1,
         json_path=tmp_path / "eval.json",
     )
+    result = evaluate(policy, config)
     assert [e.length for e in result.episodes] == [10, 10]
     assert all(e.truncated and not e.terminated and not e.success for e in result.episodes)
     data = json.loads((tmp_path / "eval.json").read_text())
@@ -161,9 +166,9 @@ def test_max_steps_json_and_video(tmp_path: Path) -> None:
 
 def test_bad_arguments_raise_config_errors() -> None:
     with pytest.raises(ConfigError, match="exactly one of task"):
-        evaluate(ChunkPolicy(), episodes=1)
+        evaluate(ChunkPolicy(), EvalConfig(episodes=1))
     with pytest.raises(ConfigError, match="episodes"):
-        evaluate(ChunkPolicy(), task="twogoal", episodes=0)
+        evaluate(ChunkPolicy(), EvalConfig(task="twogoal", episodes=0))
 
 
 def test_eval_cli_with_a_saved_policy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -178,7 +183,7 @@ def test_eval_cli_with_a_saved_policy(tmp_path: Path, capsys: pytest.CaptureFixt
     from ebt_policy.policies.checkpoint import save_pretrained
 
     store_path = tmp_path / "demos.zarr"
-    collect("twogoal", 2, store_path, seed=0)
+    collect(CollectConfig("twogoal", 2, store_path, seed=0))
     store = EpisodeStore.open(store_path)
     shape_meta = store.shape_meta(store.metadata["obs_keys"]["low_dim"])
     cfg = make_policy_config("ebt", preset="mlp", mlp_hidden=32)
@@ -187,7 +192,7 @@ def test_eval_cli_with_a_saved_policy(tmp_path: Path, capsys: pytest.CaptureFixt
         policy, tmp_path / "ckpt", shape_meta=shape_meta, dataset_metadata=store.metadata
     )
     out_json = tmp_path / "eval.json"
-    argv = ["eval", "--checkpoint", str(ckpt), "--episodes", "2", "--max-steps", "16"]
+    argv = ["eval", "--checkpoint", str(ckpt), "--episodes", "2", "--max-episode-steps", "16"]
     argv += ["--json", str(out_json), "--seed", "7"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -197,12 +202,13 @@ def test_eval_cli_with_a_saved_policy(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [e["seed"] for e in data["episodes"]] == [7, 8]
     assert all(e["length"] <= 16 for e in data["episodes"])
     assert data["n_chunks"] > 0 and data["energy_min"] is not None  # the EBT policy's energy
-    assert data["mean_steps"] == data["max_steps"] == 2  # the presets plan with 2 steps
+    assert data["mean_descent_steps"] == data["max_descent_steps"] == 2  # presets plan with 2
     # the stopping rule can be changed at evaluation: 1 step, or adaptive up to 20
     assert main([*argv, "--descent-steps", "1"]) == 0
-    assert json.loads(out_json.read_text())["max_steps"] == 1
-    assert main([*argv, "--descent-steps", "20", "--min-grad", "1e9"]) == 0
-    assert json.loads(out_json.read_text())["max_steps"] == 2  # grad < 1e9: stop after the first
+    assert json.loads(out_json.read_text())["max_descent_steps"] == 1
+    assert main([*argv, "--descent-steps", "20", "--descent-min-grad", "1e9"]) == 0
+    # grad < 1e9: stop after the first
+    assert json.loads(out_json.read_text())["max_descent_steps"] == 2
     assert main([*argv, "--descent-steps", "0"]) == 2
     assert "max_steps must be >= 1" in capsys.readouterr().err
     # a checkpoint without dataset metadata needs --task
@@ -223,7 +229,7 @@ def test_installed_gymnasium_autoreset_semantics() -> None:
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
 
-    env_fn = functools.partial(make_env, "twogoal", horizon=3)
+    env_fn = functools.partial(make_env, "twogoal", max_episode_steps=3)
     single = env_fn()
     expected, _ = single.reset(seed=42)
     up = np.array([0.0, 1.0], np.float32)
@@ -263,7 +269,7 @@ def test_image_policy_gets_stacked_camera_frames() -> None:
         }
 
     policy = ImagePolicy()
-    result = evaluate(policy, task="twogoal", episodes=1, seed=0, max_steps=4)
+    result = evaluate(policy, EvalConfig(task="twogoal", episodes=1, seed=0, max_episode_steps=4))
     assert result.episodes[0].length == 4
     first, _ = policy.calls[0]
     frames = first["overhead_image"]
@@ -279,13 +285,18 @@ def test_ebt_policy_results_do_not_depend_on_workers(tmp_path: Path) -> None:
     from ebt_policy.datasets import stats_from_metadata
     from ebt_policy.policies import make_policy, make_policy_config
 
-    collect("twogoal", 2, tmp_path / "demos.zarr", seed=0)
+    collect(CollectConfig("twogoal", 2, tmp_path / "demos.zarr", seed=0))
     store = EpisodeStore.open(tmp_path / "demos.zarr")
     shape_meta = store.shape_meta(store.metadata["obs_keys"]["low_dim"])
     cfg = make_policy_config("ebt", preset="mlp", mlp_hidden=32)
     policy = make_policy(cfg, shape_meta, stats_from_metadata(store.metadata))
     one, two = (
-        evaluate(policy, metadata=store.metadata, episodes=3, seed=0, workers=w, max_steps=20)
+        evaluate(
+            policy,
+            EvalConfig(
+                metadata=store.metadata, episodes=3, seed=0, workers=w, max_episode_steps=20
+            ),
+        )
         for w in (1, 2)
     )
     assert _outcomes(one) == _outcomes(two)
@@ -303,9 +314,11 @@ def test_pusht_coverage_is_the_max_over_the_episode() -> None:
     from ebt_policy.envs import get_task
     from ebt_policy.envs.collect import run_expert_episode
 
-    result = evaluate(ExpertPolicy("pusht"), task="pusht", episodes=1, seed=3, max_steps=12)
+    result = evaluate(
+        ExpertPolicy("pusht"), EvalConfig(task="pusht", episodes=1, seed=3, max_episode_steps=12)
+    )
     env = make_env("pusht")
-    attempt = run_expert_episode(env, get_task("pusht"), 3, max_steps=12)
+    attempt = run_expert_episode(env, get_task("pusht"), 3, max_episode_steps=12)
     env.close()
     record = result.episodes[0]
     assert record.length == attempt.length == 12

@@ -1,10 +1,13 @@
 """Simulated tasks (robosuite, gym-pusht, our own `twogoal`), their registry and scripted experts.
 
+One folder per task family under ``envs/tasks/`` (spec, env, expert); ``registry`` builds them by
+name, ``collect`` records expert demonstrations, ``runner`` evaluates a policy.
+
 ```python
-from ebt_policy.envs import get_task, make_env
+from ebt_policy.envs import get_task, make_env, make_expert
 spec = get_task("lift")
 env = make_env("lift", images=False)
-expert = spec.make_expert(seed=0)
+expert = make_expert("lift", seed=0)  # or spec.make_expert(0)
 ```
 """
 
@@ -15,6 +18,7 @@ from ebt_policy.envs.registry import (
     list_tasks,
     make_env,
     make_env_from_metadata,
+    make_expert,
     register_task,
 )
 
@@ -25,5 +29,6 @@ __all__ = [
     "list_tasks",
     "make_env",
     "make_env_from_metadata",
+    "make_expert",
     "register_task",
 ]

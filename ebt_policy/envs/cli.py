@@ -2,48 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ebt_policy.envs.collect import CollectConfig, collect
+from ebt_policy.envs.results import CollectSummary
 from ebt_policy.errors import CheckpointError, ConfigError
+from ebt_policy.utils import default_mujoco_gl
 
 
 @dataclass
-class CollectArgs:
+class CollectArgs(CollectConfig):
     """Collect scripted-expert demonstrations into an episode store (resumes an existing one)."""
 
-    task: str
-    """Task name (see ebt_policy.envs.list_tasks())."""
-    episodes: int
-    """Successful episodes the store should hold at the end."""
-    out: Path
-    """Episode store path (.zarr); rerunning with the same path continues it."""
-    seed: int = 0
-    """Env seed of the first attempt; attempt i uses seed + i."""
-    images: bool = False
-    """Also record the task's cameras (uint8 images, --render-size pixels)."""
-    render_size: int = 84
-    """Camera image size in pixels."""
-    workers: int = 1
-    """Processes playing episodes."""
-    keep_failures: bool = False
-    """Also store unsuccessful episodes."""
-    max_steps: int | None = None
-    """End episodes after this many steps (default: the task's horizon)."""
-    max_attempts: int | None = None
-    """Give up after this many attempts (default 3 * needed + 20)."""
-
-    def __post_init__(self) -> None:
-        if self.episodes < 1:
-            raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
-        if self.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        if self.render_size < 8:
-            raise ConfigError(f"--render-size must be >= 8, got {self.render_size}")
+    progress: bool = True
+    """Show a progress bar with the success rate and steps/s."""
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -55,38 +33,50 @@ def collect_main(argv: list[str]) -> int:
     import tyro
     from rich.console import Console
 
-    from ebt_policy.envs.collect import collect, summary_table
-
-    args = tyro.cli(CollectArgs, args=argv, prog="ebt-policy collect")
+    cfg = tyro.cli(CollectArgs, args=argv, prog="ebt-policy collect")
     # SIGTERM stops like Ctrl-C: workers are shut down; every committed episode stays, and a
     # rerun resumes (a SIGKILL is safe too, it only skips the clean shutdown)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        summary = collect(
-            task=args.task,
-            episodes=args.episodes,
-            out=args.out,
-            seed=args.seed,
-            images=args.images,
-            workers=args.workers,
-            keep_failures=args.keep_failures,
-            render_size=args.render_size,
-            max_steps=args.max_steps,
-            max_attempts=args.max_attempts,
-            progress=True,
-        )
+        summary = collect(cfg)
     finally:
         signal.signal(signal.SIGTERM, previous)
     Console().print(summary_table(summary))
-    if summary.n_episodes < args.episodes:
+    if summary.n_episodes < cfg.episodes:
         print(
             f"error: stopped after {summary.attempts} attempts with {summary.n_episodes} of "
-            f"{args.episodes} episodes (expert success rate {summary.success_rate:.1%}); "
+            f"{cfg.episodes} episodes (expert success rate {summary.success_rate:.1%}); "
             "rerun to continue or raise --max-attempts",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def summary_table(summary: CollectSummary) -> Any:
+    """A rich Table of a :class:`~ebt_policy.envs.results.CollectSummary`."""
+    from rich.table import Table
+
+    table = Table(title=f"collect {summary.task} -> {Path(summary.out).name}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rate = "-" if not summary.attempts else f"{summary.success_rate:.1%}"
+    rows = [
+        ("episodes in store", f"{summary.n_episodes} / {summary.requested}"),
+        ("steps in store", str(summary.n_steps)),
+        ("episodes kept (this run)", str(summary.new_episodes)),
+        ("attempts (this run)", str(summary.attempts)),
+        ("expert success rate", rate),
+        ("steps (this run)", str(summary.new_steps)),
+        ("time", f"{summary.wall_time_s:.1f} s"),
+        ("steps/s", "-" if not summary.new_steps else f"{summary.steps_per_s:.0f}"),
+        ("resumed", "yes" if summary.resumed else "no"),
+    ]
+    if summary.coverages:
+        rows.append(("mean max coverage", f"{np.mean(summary.coverages):.3f}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
 
 
 @dataclass
@@ -109,13 +99,13 @@ class EvalArgs:
     """Write mp4 videos of the first --n-videos episodes into this directory."""
     n_videos: int = 1
     """How many videos to write with --videos."""
-    max_steps: int | None = None
-    """Stop episodes after this many steps (default: the task's horizon)."""
+    max_episode_steps: int | None = None
+    """Stop episodes after this many steps (default: the task's episode cap)."""
     device: str = "cpu"
     """Torch device for the policy."""
     descent_steps: int | None = None
     """EBT inference: most energy-descent steps per chunk (default: the checkpoint's)."""
-    min_grad: float | None = None
+    descent_min_grad: float | None = None
     """EBT inference: stop a sample's descent once its gradient norm is below this (with
     --descent-steps 20: the adaptive mode; default: the checkpoint's)."""
 
@@ -154,7 +144,7 @@ def result_table(result: Any) -> Any:
         ("mean coverage", fmt(agg["mean_coverage"], ".3f")),
         ("mean episode length", fmt(agg["mean_length"], ".1f")),
         ("chunks planned", str(agg["n_chunks"])),
-        ("mean descent steps", fmt(agg["mean_steps"], ".2f")),
+        ("mean descent steps", fmt(agg["mean_descent_steps"], ".2f")),
         (
             "latency p50 / p99 (ms)",
             f"{fmt(agg['latency_p50_ms'], '.2f')} / {fmt(agg['latency_p99_ms'], '.2f')}",
@@ -175,17 +165,17 @@ def eval_main(argv: list[str]) -> int:
     from rich.console import Console
 
     args = tyro.cli(EvalArgs, args=argv, prog="ebt-policy eval")
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    default_mujoco_gl()
     from ebt_policy import load_policy
-    from ebt_policy.envs.runner import evaluate
+    from ebt_policy.envs.runner import EvalConfig, evaluate
 
     policy = load_policy(args.checkpoint, device=args.device)
-    if args.descent_steps is not None or args.min_grad is not None:
+    if args.descent_steps is not None or args.descent_min_grad is not None:
         if not hasattr(policy, "set_inference"):
             raise ConfigError(
-                f"{args.checkpoint}: --descent-steps/--min-grad apply to energy policies only"
+                f"{args.checkpoint}: --descent-steps/--descent-min-grad apply to energy policies"
             )
-        policy.set_inference(max_steps=args.descent_steps, min_grad=args.min_grad)
+        policy.set_inference(max_steps=args.descent_steps, min_grad=args.descent_min_grad)
     metadata = checkpoint_metadata(args.checkpoint)
     if args.task is None and metadata is None:
         raise CheckpointError(
@@ -193,8 +183,7 @@ def eval_main(argv: list[str]) -> int:
         )
     if args.task is not None and metadata is not None and metadata["task"].get("name") != args.task:
         metadata = None  # a different task than the training data: build it from its name
-    result = evaluate(
-        policy,
+    config = EvalConfig(
         task=args.task if metadata is None else None,
         metadata=metadata,
         episodes=args.episodes,
@@ -202,10 +191,11 @@ def eval_main(argv: list[str]) -> int:
         workers=args.workers,
         video_dir=args.videos,
         n_videos=args.n_videos,
-        max_steps=args.max_steps,
+        max_episode_steps=args.max_episode_steps,
         json_path=args.json,
         progress=True,
     )
+    result = evaluate(policy, config)
     Console().print(result_table(result))
     if args.json is not None:
         print(f"wrote {args.json}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ebt_policy.envs.collect import new_expert
+from ebt_policy.envs.collect_workers import new_expert
 from ebt_policy.policies.base import ChunkPrediction
 
 

@@ -12,7 +12,6 @@ import dataclasses
 from typing import Any
 
 from ebt_policy.errors import ConfigError
-from ebt_policy.policies.action_queue import ActionQueue
 from ebt_policy.policies.base import ChunkPrediction, Policy
 from ebt_policy.policies.descent import DescentConfig, EnergyDescent, NonFiniteEnergyError
 from ebt_policy.policies.ebt import EBTPolicy, EBTPolicyConfig
@@ -94,7 +93,6 @@ def make_policy(cfg: Any, shape_meta: dict[str, Any], stats: dict[str, Any] | No
 
 __all__ = [
     "PRESETS",
-    "ActionQueue",
     "ChunkPrediction",
     "DescentConfig",
     "EBTPolicy",

@@ -19,11 +19,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ebt_policy.envs.tasks.pusht.spec import PUSHT
+
 __all__ = ["GOAL_POSE", "PushTEnv", "SUCCESS_COVERAGE", "make_pusht_env"]
 
 GOAL_POSE = np.array([256.0, 256.0, np.pi / 4])  # fixed in gym-pusht
 SUCCESS_COVERAGE = 0.95
-HORIZON = 300
+MAX_EPISODE_STEPS = PUSHT.max_episode_steps
 
 
 def _import_pusht() -> Any:
@@ -37,7 +39,7 @@ def _import_pusht() -> Any:
 class PushTEnv(gym.Env):
     """gym-pusht's PushT with dict observations (see the module docstring)."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": PUSHT.control_hz}
 
     def __init__(
         self,
@@ -65,7 +67,8 @@ class PushTEnv(gym.Env):
             shape = (self.render_size, self.render_size, 3)
             obs_spaces["overhead_image"] = spaces.Box(0, 255, shape, np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
-        self.action_space = spaces.Box(0.0, 512.0, (2,), np.float32)
+        low, high = PUSHT.action_bounds()
+        self.action_space = spaces.Box(low, high, dtype=np.float32)
         self._max_coverage = 0.0
 
     @property
@@ -121,9 +124,9 @@ def make_pusht_env(
     images: bool = False,
     render_size: int = 84,
     terminate_on_success: bool = True,
-    horizon: int = HORIZON,
+    max_episode_steps: int = MAX_EPISODE_STEPS,
     render_mode: str | None = None,
 ) -> gym.Env:
-    """The `pusht` env wrapped in a TimeLimit at ``horizon`` steps."""
+    """The `pusht` env wrapped in a TimeLimit at ``max_episode_steps`` steps."""
     env = PushTEnv(images, render_size, terminate_on_success, render_mode)
-    return gym.wrappers.TimeLimit(env, max_episode_steps=horizon)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=max_episode_steps)

@@ -22,10 +22,12 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from ebt_policy.envs.tasks.twogoal.spec import TWOGOAL
+
 __all__ = ["GOALS", "OBSTACLE_CENTER", "OBSTACLE_HALF", "TwoGoalEnv", "make_twogoal_env"]
 
-CONTROL_HZ = 20.0
-HORIZON = 120
+CONTROL_HZ = TWOGOAL.control_hz
+MAX_EPISODE_STEPS = TWOGOAL.max_episode_steps
 MAX_SPEED = 0.3  # m/s commanded at |action| = 1
 AGENT_RADIUS = 0.02
 GOAL_RADIUS = 0.03  # success when the agent's centre is this close to a goal centre
@@ -110,7 +112,8 @@ class TwoGoalEnv(gym.Env):
             shape = (self.render_size, self.render_size, 3)
             obs_spaces["overhead_image"] = spaces.Box(0, 255, shape, np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
-        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        low, high = TWOGOAL.action_bounds()
+        self.action_space = spaces.Box(low, high, dtype=np.float32)
 
     @property
     def mujoco_data(self) -> mujoco.MjData:
@@ -170,9 +173,9 @@ def make_twogoal_env(
     images: bool = False,
     render_size: int = 84,
     terminate_on_success: bool = True,
-    horizon: int = HORIZON,
+    max_episode_steps: int = MAX_EPISODE_STEPS,
     render_mode: str | None = None,
 ) -> gym.Env:
-    """The `twogoal` env wrapped in a TimeLimit at ``horizon`` steps."""
+    """The `twogoal` env wrapped in a TimeLimit at ``max_episode_steps`` steps."""
     env = TwoGoalEnv(images, render_size, terminate_on_success, render_mode)
-    return gym.wrappers.TimeLimit(env, max_episode_steps=horizon)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=max_episode_steps)

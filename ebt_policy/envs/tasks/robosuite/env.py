@@ -27,18 +27,19 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ebt_policy.envs.tasks.robosuite.spec import (
+    CAMERAS,
+    CONTROL_HZ,
+    MAX_EPISODE_STEPS,
+    ROBOSUITE_TASKS,
+    ROBOT_DIMS,
+    SPECS,
+)
+
 __all__ = ["CAMERAS", "ROBOSUITE_TASKS", "RobosuiteEnv", "make_robosuite_env"]
 
-CAMERAS = ("agentview", "robot0_eye_in_hand")
-CONTROL_HZ = 20.0
-
-# Proprioceptive keys taken as they are from robosuite, plus "object" (robosuite's "object-state",
-# named as in robomimic).
-ROBOT_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "robot0_joint_pos")
-
-
-def _lift_extra(env: Any) -> dict[str, np.ndarray]:
-    return {}
+ROBOT_KEYS = tuple(ROBOT_DIMS)
+_SPECS = {spec.name: spec for spec in SPECS}
 
 
 def _can_extra(env: Any) -> dict[str, np.ndarray]:
@@ -51,27 +52,15 @@ def _square_extra(env: Any) -> dict[str, np.ndarray]:
     return {"peg_pos": np.array(env.sim.data.body_xpos[env.peg1_body_id])}
 
 
-def _stack_extra(env: Any) -> dict[str, np.ndarray]:
+def _no_extra(env: Any) -> dict[str, np.ndarray]:
     return {}
 
 
-# task -> (robosuite env name, privileged keys from robosuite obs, extra keys computed from the env,
-# size of robosuite's object-state)
-ROBOSUITE_TASKS: dict[
-    str, tuple[str, tuple[str, ...], Callable[[Any], dict[str, np.ndarray]], int]
-] = {
-    "lift": ("Lift", ("cube_pos", "cube_quat"), _lift_extra, 10),
-    "can": ("PickPlaceCan", ("Can_pos", "Can_quat"), _can_extra, 14),
-    "square": ("NutAssemblySquare", ("SquareNut_pos", "SquareNut_quat"), _square_extra, 14),
-    "stack": ("Stack", ("cubeA_pos", "cubeA_quat", "cubeB_pos", "cubeB_quat"), _stack_extra, 23),
+# task -> the keys computed from the env (their sizes are in spec.py's extra_keys)
+_EXTRA: dict[str, Callable[[Any], dict[str, np.ndarray]]] = {
+    "can": _can_extra,
+    "square": _square_extra,
 }
-_ROBOT_DIMS = {
-    "robot0_eef_pos": 3,
-    "robot0_eef_quat": 4,
-    "robot0_gripper_qpos": 2,
-    "robot0_joint_pos": 7,
-}
-_EXTRA_DIMS = {"lift": {}, "can": {"target_pos": 3}, "square": {"peg_pos": 3}, "stack": {}}
 
 
 def _quiet_robosuite_import() -> Any:
@@ -123,24 +112,27 @@ class RobosuiteEnv(gym.Env):
         self.terminate_on_success = bool(terminate_on_success)
         self.render_mode = render_mode
         self.model_seed = int(model_seed)
-        _, self._privileged, self._extra, object_dim = ROBOSUITE_TASKS[task]
+        info = ROBOSUITE_TASKS[task]
+        self._privileged = info.object_keys
+        self._extra = _EXTRA.get(task, _no_extra)
         # The robosuite env (and its EGL render context) is built on first use, not here:
         # gymnasium's AsyncVectorEnv builds one env in the parent before forking its workers, and
         # a child forked after the parent made an EGL context hangs when it makes its own.
         self._env: Any = None
         box = functools.partial(spaces.Box, -np.inf, np.inf, dtype=np.float32)
-        obs_spaces: dict[str, spaces.Space] = {k: box((n,)) for k, n in _ROBOT_DIMS.items()}
-        obs_spaces["object"] = box((object_dim,))
+        obs_spaces: dict[str, spaces.Space] = {k: box((n,)) for k, n in ROBOT_DIMS.items()}
+        obs_spaces["object"] = box((info.object_dim,))
         for key in self._privileged:
             obs_spaces[key] = box((4,) if key.endswith("_quat") else (3,))
-        for key, n in _EXTRA_DIMS[task].items():
+        for key, n in info.extra_keys:
             obs_spaces[key] = box((n,))
         if self.images:
             shape = (self.render_size, self.render_size, 3)
             for cam in CAMERAS:
                 obs_spaces[f"{cam}_image"] = spaces.Box(0, 255, shape, np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
-        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        low, high = _SPECS[task].action_bounds()
+        self.action_space = spaces.Box(low, high, dtype=np.float32)
 
     def _build(self) -> Any:
         """The robosuite env, built on first call."""
@@ -154,7 +146,7 @@ class RobosuiteEnv(gym.Env):
         self._flip = macros.IMAGE_CONVENTION == "opengl"
         offscreen = self.images or self.render_mode == "rgb_array"
         self._env = robosuite.make(
-            ROBOSUITE_TASKS[self.task][0],
+            ROBOSUITE_TASKS[self.task].env_name,
             robots="Panda",
             has_renderer=False,
             has_offscreen_renderer=offscreen,
@@ -165,7 +157,7 @@ class RobosuiteEnv(gym.Env):
             camera_widths=self.render_size,
             reward_shaping=False,
             control_freq=int(CONTROL_HZ),
-            ignore_done=True,  # the TimeLimit wrapper truncates at the task's horizon
+            ignore_done=True,  # the TimeLimit wrapper truncates at the task's episode cap
             hard_reset=False,
             # Model building draws random sizes (Lift's cube) from the env's RNG; a fixed seed
             # makes every instance (collector, eval workers) the same model.
@@ -251,19 +243,17 @@ def make_robosuite_env(
     images: bool = False,
     render_size: int = 84,
     terminate_on_success: bool = True,
-    horizon: int | None = None,
+    max_episode_steps: int | None = None,
     render_mode: str | None = None,
     model_seed: int = 0,
 ) -> gym.Env:
-    """A robosuite task env wrapped in a TimeLimit at ``horizon`` (default: the task's).
+    """A robosuite task env wrapped in a TimeLimit at ``max_episode_steps`` (default: the task's).
 
     ``model_seed`` seeds what robosuite randomises when it builds the model (object sizes); the
     same value gives the same model in every process.
     """
-    from ebt_policy.envs.registry import get_task
-
     env = RobosuiteEnv(task, images, render_size, terminate_on_success, render_mode, model_seed)
-    return gym.wrappers.TimeLimit(env, max_episode_steps=horizon or get_task(task).horizon)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=max_episode_steps or MAX_EPISODE_STEPS)
 
 
 # One factory per task for the registry; partials keep make_robosuite_env's signature (minus task),
