@@ -6,7 +6,7 @@ each data array's dtype, rank and length, the presence of every chunk of committ
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -168,7 +168,9 @@ def check_finite(
         )
 
 
-def iter_committed(path: str, arr: zarr.Array, key: str, n_steps: int, block_bytes: int) -> Any:
+def iter_committed(
+    path: str, arr: zarr.Array, key: str, n_steps: int, block_bytes: int
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (start_row, rows) over rows [0, n_steps) of ``arr`` in chunk-aligned blocks."""
     step_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
     chunk = arr.chunks[0]
