@@ -125,13 +125,19 @@ class InfoArgs:
     """Store location: a directory, a .zip file, or an fsspec URL."""
     json: bool = False
     """Print the summary as JSON."""
+    verify: bool = False
+    """Also read every committed chunk of every key (images included): fails on a chunk that
+    cannot be decoded or holds NaN/Inf. Opening alone checks metadata and that no chunk file is
+    missing, without reading image data."""
 
 
 def info_main(argv: list[str]) -> int:
-    """``ebt-policy dataset info PATH [--json]``."""
+    """``ebt-policy dataset info PATH [--json] [--verify]``."""
     args = tyro.cli(InfoArgs, args=argv, prog="ebt-policy dataset info")
     store = EpisodeStore.open(args.path, "r")
     try:
+        if args.verify:
+            store.verify()
         info = summarize(store)
     finally:
         store.close()

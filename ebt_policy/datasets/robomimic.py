@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ebt_policy.datasets.store import EpisodeStore, _is_local, is_rgb_key
+from ebt_policy.datasets.layout import is_rgb_key
+from ebt_policy.datasets.store import EpisodeStore
+from ebt_policy.datasets.zarr_io import is_local
 from ebt_policy.errors import DatasetError
 
 ROBOSUITE_DEFAULT_HZ = 20
@@ -157,7 +159,7 @@ def import_robomimic(
                 splits[split] = sorted(index[m] for m in members)
             metadata["splits"] = splits
 
-        local = _is_local(out)
+        local = is_local(out)
         target = f"{out.rstrip('/')}.importing" if local else out
         if local and os.path.exists(target):
             shutil.rmtree(target)

@@ -172,14 +172,18 @@ class WindowDataset(Dataset):
             self._store_pid = os.getpid()
         return self._store
 
-    def locate(self, index: int) -> tuple[int, int]:
-        """Sample index -> (store episode index, step t within that episode)."""
+    def _position(self, index: int) -> tuple[int, int]:
+        """Sample index -> (position in ``self.episodes``, step t within that episode)."""
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} windows")
         index %= n
         pos = int(np.searchsorted(self._cum, index, side="right"))
-        t = index - (int(self._cum[pos - 1]) if pos > 0 else 0)
+        return pos, index - (int(self._cum[pos - 1]) if pos > 0 else 0)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Sample index -> (store episode index, step t within that episode)."""
+        pos, t = self._position(index)
         return self.episodes[pos], t
 
     def _rows(self, key: str, pos: int, idx: np.ndarray) -> np.ndarray:
@@ -188,16 +192,11 @@ class WindowDataset(Dataset):
         # idx is sorted with repeats at the edges: read the contiguous range once, then gather
         lo, hi = int(idx[0]), int(idx[-1]) + 1
         src = int(self._src_start[pos])
-        block = np.asarray(self._lazy_store().array(key)[src + lo : src + hi])
+        block = self._lazy_store().read(key, src + lo, src + hi)  # corrupt chunk: DatasetError
         return block[idx - lo]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} windows")
-        index %= n
-        pos = int(np.searchsorted(self._cum, index, side="right"))
-        t = index - (int(self._cum[pos - 1]) if pos > 0 else 0)
+        pos, t = self._position(index)
         length = int(self._lengths[pos])
         obs_idx, obs_pad, act_idx, act_pad = window_indices(
             t, length, self.n_obs_steps, self.horizon

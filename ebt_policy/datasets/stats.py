@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from ebt_policy.datasets.metadata import STAT_NAMES
 from ebt_policy.datasets.store import EpisodeStore
 from ebt_policy.errors import DatasetError
 
-STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
+__all__ = ["STAT_NAMES", "RunningStats", "compute_stats", "stats_from_metadata"]
 DEFAULT_RESERVOIR = 100_000
 
 

@@ -16,127 +16,62 @@ store (temp file + rename). A writer killed at any point therefore leaves ``epis
 describing only complete episodes; data arrays may be longer than the last end (rows of the
 unfinished episode). Those rows are ignored when reading and cut off when the store is reopened
 for appending, so appending simply continues.
+
+Validation. Every open runs ``validation.validate_store`` (metadata of every node, root attribute
+types, episode ends, array dtypes and lengths, presence of every chunk of committed steps);
+:meth:`EpisodeStore.verify` also reads every committed chunk. The writer stores chunks that hold
+only the fill value too, so in a store with a ``schema_version`` a missing chunk is a lost file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
-import shutil
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import zarr
 
+from ebt_policy.datasets.layout import (
+    ACTION_KEY,
+    CHUNK_BYTES,
+    EPISODE_ENDS_CHUNK,
+    RGB_SUFFIX,
+    SCAN_BYTES,
+    SCHEMA_VERSION,
+    chunk_rows,
+    compressors,
+    is_rgb_key,
+)
+from ebt_policy.datasets.metadata import check_metadata, jsonable, metadata_for_create
+from ebt_policy.datasets.validation import (
+    check_finite,
+    iter_committed,
+    rgb_key,
+    validate_store,
+)
+from ebt_policy.datasets.writer import check_episode, create_local, init_group, truncate_uncommitted
+from ebt_policy.datasets.zarr_io import (
+    is_local,
+    local_path,
+    open_root,
+    open_zarr_store,
+    reading,
+)
+from ebt_policy.datasets.zarr_io import write_beyond as _write_beyond
 from ebt_policy.errors import DatasetError
 
-SCHEMA_VERSION = 1
-ACTION_KEY = "action"
-RGB_SUFFIX = "_image"
-# Target bytes per chunk for time-chunked arrays (images use one frame per chunk instead).
-CHUNK_BYTES = 3 * 2**19  # 1.5 MiB
-EPISODE_ENDS_CHUNK = 4096
-# Rows read at a time by whole-array scans (value checks, statistics).
-SCAN_BYTES = 64 * 2**20
-
-
-def _created_by() -> str:
-    from ebt_policy import __version__
-
-    return f"ebt-policy {__version__}"
-
-
-def is_rgb_key(key: str) -> bool:
-    """Naming convention of the store: keys ending in ``_image`` hold uint8 HWC images."""
-    return key.endswith(RGB_SUFFIX)
-
-
-def _compressors(zarr_format: int = 3) -> list[Any]:
-    if zarr_format == 2:  # appending first arrays to an empty format-2 store
-        import numcodecs
-
-        return [numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)]
-    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]
-
-
-def _chunk_rows(step_shape: tuple[int, ...], dtype: np.dtype, rgb: bool) -> int:
-    if rgb:
-        return 1
-    step_bytes = max(1, int(np.prod(step_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
-    return max(1, CHUNK_BYTES // step_bytes)
-
-
-def _jsonable(value: Any, where: str) -> Any:
-    """Convert numpy scalars/arrays to plain JSON values; DatasetError if impossible."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DatasetError(f"metadata {where}: {value} is not representable in JSON")
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise DatasetError(
-        f"metadata {where}: value of type {type(value).__name__} is not JSON-serialisable"
-    )
-
-
-def _write_beyond(arr: zarr.Array, start: int, values: np.ndarray) -> None:
-    """Write ``values`` at rows [start, start+len) while leaving the stored shape unchanged.
-
-    The chunks are written through a view whose (unsaved) metadata has the grown shape; the caller
-    saves the new shape afterwards with ``arr.resize``. Until then readers see the old shape, so
-    the write is invisible until committed. Falls back to resize-then-write if zarr's internals
-    change (the commit order of ``episode_ends`` still keeps the store valid in that case).
-    """
-    new_shape = (start + len(values), *arr.shape[1:])
-    try:
-        a = arr._async_array
-        staged_async = type(a)(
-            metadata=a.metadata.update_shape(new_shape),
-            store_path=a.store_path,
-            config=a._config,
-        )
-        staged = zarr.Array(staged_async)
-    except (AttributeError, TypeError):  # pragma: no cover - depends on zarr internals
-        arr.resize(new_shape)
-        staged = arr
-    staged[start : start + len(values)] = values
-
-
-def _open_zarr_store(path: str, mode: str, storage_options: dict | None) -> Any:
-    """Map a location to a zarr store: local directory, ``.zip`` file or fsspec URL."""
-    read_only = mode == "r"
-    if "://" in path and not path.startswith("file://"):
-        try:
-            return zarr.storage.FsspecStore.from_url(
-                path, storage_options=storage_options, read_only=read_only
-            )
-        except (ImportError, ValueError) as exc:
-            raise DatasetError(f"{path}: cannot open fsspec URL: {exc}") from exc
-    local = path[len("file://") :] if path.startswith("file://") else path
-    if local.endswith(".zip"):
-        if not read_only:
-            raise DatasetError(
-                f"{path}: .zip stores are read-only here; write a directory store and zip it"
-            )
-        if not os.path.isfile(local):
-            raise DatasetError(f"{path}: no such file")
-        return zarr.storage.ZipStore(local, mode="r")
-    return zarr.storage.LocalStore(local, read_only=read_only)
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
+__all__ = [
+    "ACTION_KEY",
+    "CHUNK_BYTES",
+    "EPISODE_ENDS_CHUNK",
+    "RGB_SUFFIX",
+    "SCAN_BYTES",
+    "SCHEMA_VERSION",
+    "EpisodeStore",
+    "is_rgb_key",
+]
 
 
 class EpisodeStore:
@@ -150,7 +85,13 @@ class EpisodeStore:
         self._root = root
         self.path = path
         self.mode = mode
-        self._validate(check_values=check_values)
+        contents = validate_store(root, path, check_values=check_values)
+        self._data = contents.data
+        self._ends_arr = contents.ends_array
+        self._ends = contents.ends
+        self._arrays: dict[str, zarr.Array] = contents.arrays
+        if mode == "a":  # only once every check passed: a refused store is left as it was
+            truncate_uncommitted(path, self._arrays, self.n_steps)
 
     # ------------------------------------------------------------------ creation / opening
     @classmethod
@@ -167,27 +108,11 @@ class EpisodeStore:
         exists at ``path`` and ``overwrite`` is False.
         """
         path = os.fspath(path)
-        meta = _jsonable(dict(metadata or {}), "")
-        version = meta.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise DatasetError(
-                f"{path}: metadata schema_version {version!r} is not supported "
-                f"(this version writes {SCHEMA_VERSION})"
-            )
-        meta["schema_version"] = SCHEMA_VERSION
-        meta.setdefault("created_by", _created_by())
-        action_space = meta.get("action_space")
-        if action_space is not None and (
-            not isinstance(action_space, dict)
-            or action_space.get("kind") not in (None, "delta", "absolute")
-        ):
-            raise DatasetError(
-                f"{path}: metadata key 'action_space': kind must be 'delta' or 'absolute', "
-                f"got {action_space!r}"
-            )
-        if _is_local(path):
-            return cls._create_local(path, meta, overwrite)
-        store = _open_zarr_store(path, "w", storage_options)
+        meta = metadata_for_create(path, metadata)
+        if is_local(path):
+            create_local(path, meta, overwrite)
+            return cls.open(path, "a", check_values=False)
+        store = open_zarr_store(path, "w", storage_options)
         if not overwrite:
             try:
                 zarr.open_group(store, mode="r")
@@ -195,48 +120,8 @@ class EpisodeStore:
                 pass
             else:
                 raise DatasetError(f"{path}: already exists (pass overwrite=True to replace it)")
-        cls._init_group(store, meta)
+        init_group(store, meta)
         return cls.open(path, "a", storage_options=storage_options, check_values=False)
-
-    @classmethod
-    def _create_local(cls, path: str, meta: dict[str, Any], overwrite: bool) -> EpisodeStore:
-        """Build the empty store under a temporary name, then rename it into place, so a killed
-        creator leaves either nothing or a complete empty store at ``path``."""
-        final = Path(path[len("file://") :] if path.startswith("file://") else path)
-        if final.exists():
-            if not overwrite:
-                raise DatasetError(f"{path}: already exists (pass overwrite=True to replace it)")
-            if not (
-                final.is_dir() and ((final / "zarr.json").exists() or (final / ".zgroup").exists())
-            ):
-                raise DatasetError(
-                    f"{path}: exists and is not a zarr store; refusing to overwrite it"
-                )
-        tmp = final.with_name(f"{final.name}.creating-{uuid.uuid4().hex[:8]}")
-        try:
-            cls._init_group(zarr.storage.LocalStore(str(tmp)), meta)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return cls.open(path, "a", check_values=False)
-
-    @staticmethod
-    def _init_group(store: Any, meta: dict[str, Any]) -> None:
-        root = zarr.open_group(store, mode="w", zarr_format=3)
-        root.create_group("data")
-        meta_group = root.create_group("meta")
-        meta_group.create_array(
-            "episode_ends",
-            shape=(0,),
-            dtype="int64",
-            chunks=(EPISODE_ENDS_CHUNK,),
-            compressors=None,
-            fill_value=0,
-        )
-        root.attrs.update(meta)
 
     @classmethod
     def open(
@@ -248,139 +133,37 @@ class EpisodeStore:
     ) -> EpisodeStore:
         """Open and validate an existing store. ``mode`` is "r" (read) or "a" (read and append).
 
-        ``check_values`` scans actions and low-dim observations for NaN/Inf (reads those arrays
-        once; images are never scanned). In "a" mode, rows beyond the last committed episode
-        (left by a killed writer) are removed.
+        Every open checks the zarr metadata, the root attributes' types, the episode ends, each
+        array's dtype and length, and that every chunk of the committed steps is present (a
+        listing, no data read). ``check_values`` also scans actions and low-dim observations for
+        NaN/Inf (reads those arrays once; images are never scanned). In "a" mode, rows beyond the
+        last committed episode (left by a killed writer) are removed, once the store passed.
         """
         path = os.fspath(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        if _is_local(path):
-            local = path[len("file://") :] if path.startswith("file://") else path
-            if not os.path.exists(local):
-                raise DatasetError(f"{path}: no such episode store")
-        store = _open_zarr_store(path, mode, storage_options)
+        if is_local(path) and not os.path.exists(local_path(path)):
+            raise DatasetError(f"{path}: no such episode store")
+        store = open_zarr_store(path, mode, storage_options)
         try:
-            node = zarr.open(store, mode="r" if mode == "r" else "r+")
-        except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError) as exc:
-            raise DatasetError(f"{path}: not a zarr group ({exc})") from exc
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"{path}: unreadable zarr metadata ({exc})") from exc
-        if not isinstance(node, zarr.Group):
-            raise DatasetError(f"{path}: is a zarr array, expected a group with data/ and meta/")
-        return cls(node, path, mode, check_values=check_values)
+            root = open_root(store, path, mode)
+            return cls(root, path, mode, check_values=check_values)
+        except BaseException:
+            if hasattr(store, "close"):
+                store.close()
+            raise
 
-    # ------------------------------------------------------------------ validation
-    def _err(self, msg: str) -> DatasetError:
-        return DatasetError(f"{self.path}: {msg}")
-
-    @contextlib.contextmanager
-    def _reading(self, key: str) -> Iterator[None]:
-        """Turn codec/IO failures on corrupt chunks into a DatasetError naming the key."""
-        try:
-            yield
-        except (ValueError, RuntimeError, OSError) as exc:
-            if isinstance(exc, DatasetError):
-                raise
-            raise self._err(f"key {key!r}: unreadable data ({type(exc).__name__}: {exc})") from exc
-
-    def _validate(self, check_values: bool) -> None:
-        attrs = dict(self._root.attrs)
-        version = attrs.get("schema_version")
-        # Stores without a schema version are foreign Diffusion-Policy-layout stores: accepted.
-        if version is not None and version != SCHEMA_VERSION:
-            raise self._err(
-                f"key 'schema_version': unknown schema version {version!r} "
-                f"(supported: {SCHEMA_VERSION})"
-            )
-        try:
-            meta = self._root["meta"]
-            ends_arr = meta["episode_ends"]
-        except KeyError:
-            raise self._err("missing key 'meta/episode_ends'") from None
-        if not isinstance(ends_arr, zarr.Array) or ends_arr.ndim != 1:
-            raise self._err("key 'meta/episode_ends' must be a 1-D array")
-        if not np.issubdtype(ends_arr.dtype, np.integer):
-            raise self._err(f"key 'meta/episode_ends' has dtype {ends_arr.dtype}, expected int64")
-        try:
-            data = self._root["data"]
-        except KeyError:
-            raise self._err("missing key 'data'") from None
-        if not isinstance(data, zarr.Group):
-            raise self._err("key 'data' must be a group")
-        self._ends_arr = ends_arr
-        self._data = data
-        with self._reading("meta/episode_ends"):
-            ends = np.asarray(ends_arr[:], dtype=np.int64)
-        bad = np.flatnonzero(np.diff(ends, prepend=0) <= 0)
-        if len(bad):
-            i = int(bad[0])
-            prev = ends[i - 1] if i > 0 else 0
-            if ends[i] == prev:
-                raise self._err(
-                    f"key 'meta/episode_ends': episode {i} is empty "
-                    f"(episode_ends[{i}] = {ends[i]} equals the previous end)"
-                )
-            if ends[i] < prev:
-                raise self._err(
-                    f"key 'meta/episode_ends': not increasing at index {i} ({ends[i]} after {prev})"
-                )
-        self._ends = ends
-        n_steps = int(ends[-1]) if len(ends) else 0
-        self._arrays: dict[str, zarr.Array] = {}
-        for key in sorted(data.array_keys()):
-            arr = data[key]
-            if arr.ndim == 0:
-                raise self._err(f"key 'data/{key}' is a scalar, expected (steps, ...)")
-            if arr.shape[0] < n_steps:
-                raise self._err(
-                    f"key 'data/{key}' has {arr.shape[0]} steps but meta/episode_ends[-1] is "
-                    f"{n_steps}"
-                )
-            self._arrays[key] = arr
-        if n_steps and not self._arrays:
-            raise self._err(f"key 'data' holds no arrays but episode_ends[-1] is {n_steps}")
-        if self.mode == "a":
-            self._truncate_uncommitted()
-        if check_values:
-            for key in self.keys:
-                if self._checks_finite(key):
-                    self._check_finite_stored(key)
-
-    def _truncate_uncommitted(self) -> None:
-        n = self.n_steps
-        for arr in self._arrays.values():
-            if arr.shape[0] > n:
-                arr.resize((n, *arr.shape[1:]))
-        if _is_local(self.path):
-            # temp files of the local store's atomic writes left by a killed writer
-            local = self.path[len("file://") :] if self.path.startswith("file://") else self.path
-            for leftover in Path(local).rglob("*.partial"):
-                leftover.unlink(missing_ok=True)
-
-    def _checks_finite(self, key: str) -> bool:
-        arr = self._arrays[key]
-        return not self.is_rgb(key) and np.issubdtype(arr.dtype, np.floating)
-
-    def _check_finite_stored(self, key: str) -> None:
-        for start, block in self.iter_blocks(key):
-            self._check_finite(key, block, offset=start, where="step")
-
-    def _check_finite(self, key: str, block: np.ndarray, offset: int, where: str) -> None:
-        bad = ~np.isfinite(block)
-        if bad.any():
-            idx = np.argwhere(bad)[0]
-            row = int(idx[0]) + offset
-            value = block[tuple(idx)]
-            ep = (
-                f" (episode {int(np.searchsorted(self._ends, row, side='right'))})"
-                if where == "step"
-                else ""
-            )
-            raise self._err(
-                f"key 'data/{key}': non-finite value {value} at {where} {row}{ep}, "
-                f"index {tuple(int(i) for i in idx[1:])}"
-            )
+    def verify(self) -> None:
+        """Read every committed chunk of every key (``dataset info --verify``): DatasetError
+        naming the key for a chunk that cannot be decoded or holds NaN/Inf (image keys with a
+        float dtype included). Open already checked that every chunk file is present."""
+        with reading(self.path, "meta/episode_ends"):
+            np.asarray(self._ends_arr[:])
+        for key in self.keys:
+            floats = self.key_dtype(key).kind == "f"
+            for start, block in self.iter_blocks(key):
+                if floats:
+                    check_finite(self.path, self._ends, key, block, offset=start, where="step")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -429,7 +212,7 @@ class EpisodeStore:
         try:
             return self._arrays[key]
         except KeyError:
-            raise self._err(f"no key 'data/{key}' (keys: {self.keys})") from None
+            raise DatasetError(f"{self.path}: no key 'data/{key}' (keys: {self.keys})") from None
 
     def key_shape(self, key: str) -> tuple[int, ...]:
         """Per-step shape of ``key``."""
@@ -442,14 +225,7 @@ class EpisodeStore:
         """True for image keys: listed under metadata obs_keys.rgb, named ``*_image``, or stored
         as (H, W, C) frames with 1, 3 or 4 channels, as in Diffusion Policy's stores (``img``,
         float32 in [0, 255] in its PushT data)."""
-        obs_keys = self._root.attrs.get("obs_keys")
-        if isinstance(obs_keys, Mapping) and key in (obs_keys.get("rgb") or []):
-            return True
-        if key in self._arrays:
-            arr = self._arrays[key]
-            if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
-                return True
-        return is_rgb_key(key)
+        return rgb_key(self._root.attrs, key, self._arrays.get(key))
 
     def episode_slice(self, i: int) -> slice:
         """Rows of episode ``i`` in the concatenated arrays."""
@@ -468,43 +244,46 @@ class EpisodeStore:
         sl = self.episode_slice(i)
         out = {}
         for k in self.keys if keys is None else keys:
-            with self._reading(f"data/{k}"):
+            with reading(self.path, f"data/{k}"):
                 out[k] = np.asarray(self.array(k)[sl])
         return out
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Committed rows [start, stop) of ``key``."""
         stop = self.n_steps if stop is None else min(stop, self.n_steps)
-        with self._reading(f"data/{key}"):
+        with reading(self.path, f"data/{key}"):
             return np.asarray(self.array(key)[start:stop])
 
     def iter_blocks(self, key: str, block_bytes: int = SCAN_BYTES) -> Iterable[tuple[int, Any]]:
         """Yield (start_row, rows) over the committed rows of ``key`` in chunk-aligned blocks."""
-        arr = self.array(key)
-        step_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
-        chunk = arr.chunks[0]
-        rows = max(1, block_bytes // step_bytes)
-        if rows >= chunk:
-            rows = rows // chunk * chunk  # whole chunks: no chunk is decompressed twice
-        for start in range(0, self.n_steps, rows):
-            with self._reading(f"data/{key}"):
-                block = np.asarray(arr[start : min(start + rows, self.n_steps)])
-            yield start, block
+        return iter_committed(self.path, self.array(key), key, self.n_steps, block_bytes)
 
     # ------------------------------------------------------------------ metadata
     def update_metadata(self, **kv: Any) -> None:
         """Set root attributes (JSON-serialisable values); one atomic metadata write."""
         self._require_writable()
         if "schema_version" in kv and kv["schema_version"] != SCHEMA_VERSION:
-            raise self._err(f"cannot set schema_version to {kv['schema_version']!r}")
-        self._root.attrs.update(_jsonable(kv, ""))
+            raise DatasetError(
+                f"{self.path}: cannot set schema_version to {kv['schema_version']!r}"
+            )
+        values = jsonable(kv, "")
+        check_metadata(self.path, {**dict(self._root.attrs), **values}, self._stat_shapes())
+        self._root.attrs.update(values)
+
+    def _stat_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {
+            k: (a.shape[-1],) if self.is_rgb(k) else tuple(a.shape[1:])
+            for k, a in self._arrays.items()
+        }
 
     def shape_meta(self, obs_keys: Sequence[str]) -> dict[str, Any]:
         """Shapes for building a policy: ``{"obs": {key: {"shape", "type"}}, "action": {...}}``."""
         obs: dict[str, Any] = {}
         for key in obs_keys:
             if key == ACTION_KEY or key not in self._arrays:
-                raise self._err(f"unknown observation key {key!r} (keys: {self.keys})")
+                raise DatasetError(
+                    f"{self.path}: unknown observation key {key!r} (keys: {self.keys})"
+                )
             obs[key] = {
                 "shape": list(self.key_shape(key)),
                 "type": "rgb" if self.is_rgb(key) else "low_dim",
@@ -514,71 +293,9 @@ class EpisodeStore:
     # ------------------------------------------------------------------ appending
     def _require_writable(self) -> None:
         if self.mode != "a":
-            raise self._err("opened read-only; use EpisodeStore.open(path, mode='a') to append")
-
-    def _check_episode(self, episode: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        index = self.n_episodes
-        if not episode:
-            raise self._err(f"episode {index} has no keys")
-        arrays = {str(k): np.asarray(v) for k, v in episode.items()}
-        if ACTION_KEY not in arrays:
-            raise self._err(f"episode {index} lacks key {ACTION_KEY!r} (got {sorted(arrays)})")
-        if self._arrays:
-            missing = sorted(set(self._arrays) - set(arrays))
-            extra = sorted(set(arrays) - set(self._arrays))
-            if missing:
-                raise self._err(
-                    f"episode {index} lacks key {missing[0]!r} (store keys: {self.keys})"
-                )
-            if extra:
-                raise self._err(
-                    f"episode {index} has key {extra[0]!r} not in the store (keys: {self.keys})"
-                )
-        lengths = {k: (a.shape[0] if a.ndim else -1) for k, a in arrays.items()}
-        length = lengths[ACTION_KEY]
-        for key, a in arrays.items():
-            if a.ndim == 0:
-                raise self._err(f"episode {index} key {key!r}: scalar, expected (T, ...)")
-            if lengths[key] != length:
-                raise self._err(
-                    f"episode {index} key {key!r} has {lengths[key]} steps, "
-                    f"{ACTION_KEY!r} has {length}"
-                )
-        if length == 0:
-            raise self._err(f"episode {index} is empty (0 steps)")
-        if arrays[ACTION_KEY].ndim != 2:
-            raise self._err(
-                f"episode {index} key {ACTION_KEY!r}: shape {arrays[ACTION_KEY].shape}, "
-                "expected (T, action_dim)"
+            raise DatasetError(
+                f"{self.path}: opened read-only; use EpisodeStore.open(path, mode='a') to append"
             )
-        for key, a in arrays.items():
-            rgb = self.is_rgb(key)
-            if key in self._arrays:
-                want_shape, want_dtype = self.key_shape(key), self.key_dtype(key)
-                if a.shape[1:] != want_shape:
-                    raise self._err(
-                        f"episode {index} key {key!r}: per-step shape {a.shape[1:]}, "
-                        f"store has {want_shape}"
-                    )
-                ok = a.dtype == want_dtype or (
-                    # widening/narrowing within floats, or ints into floats: lossless enough
-                    want_dtype.kind == "f" and a.dtype.kind in "fiub"
-                )
-                if not ok:
-                    raise self._err(
-                        f"episode {index} key {key!r}: dtype {a.dtype}, store has {want_dtype}"
-                    )
-                arrays[key] = a.astype(want_dtype, copy=False)
-            elif rgb and (a.dtype != np.uint8 or a.ndim != 4):
-                raise self._err(
-                    f"episode {index} key {key!r}: images must be uint8 (T, H, W, C), got "
-                    f"{a.dtype} {a.shape}"
-                )
-            elif a.dtype.kind not in "fiub":
-                raise self._err(f"episode {index} key {key!r}: unsupported dtype {a.dtype}")
-            if not rgb and arrays[key].dtype.kind == "f":
-                self._check_finite(key, arrays[key], offset=0, where=f"episode {index} step")
-        return arrays
 
     def add_episode(self, episode: Mapping[str, Any]) -> int:
         """Append one complete episode (``key -> (T, ...)``); returns its index.
@@ -588,7 +305,7 @@ class EpisodeStore:
         be finite. The episode becomes visible only once fully written (see module docstring).
         """
         self._require_writable()
-        arrays = self._check_episode(episode)
+        arrays = check_episode(self, episode)
         start = self.n_steps
         length = len(arrays[ACTION_KEY])
         if not self._arrays:
@@ -599,8 +316,8 @@ class EpisodeStore:
                     key,
                     shape=(0, *a.shape[1:]),
                     dtype=a.dtype,
-                    chunks=(_chunk_rows(a.shape[1:], a.dtype, rgb), *a.shape[1:]),
-                    compressors=_compressors(self.zarr_format),
+                    chunks=(chunk_rows(a.shape[1:], a.dtype, rgb), *a.shape[1:]),
+                    compressors=compressors(self.zarr_format),
                     fill_value=0,
                 )
         # 1. rows of every key, invisible until the shapes are saved
