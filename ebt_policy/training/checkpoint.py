@@ -55,13 +55,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _make_readable(path: Path) -> None:
-    """Give an owner-only file the mode a plain ``open`` would (0o666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -116,9 +109,7 @@ def save_training_checkpoint(
         state_dir = tmp / TRAINING_STATE_NAME
         state_dir.mkdir()
         weights = state_dir / "model.safetensors"
-        save_model(model, str(weights))
-        # safetensors writes owner-only files; atomic_directory fixes only the top level's
-        _make_readable(weights)
+        save_model(model, str(weights))  # owner-only: atomic_directory gives it the usual mode
         torch.save(training_state, state_dir / "state.pt")
         write_json_atomic(state_dir / "progress.json", progress)
         _fsync_dir(tmp)

@@ -59,9 +59,9 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     try:
         yield tmp
         _fix_mode(tmp, 0o777)
-        for entry in tmp.iterdir():
-            if entry.is_file():
-                _fix_mode(entry, 0o666)
+        for entry in tmp.rglob("*"):  # writers such as safetensors create owner-only files
+            if not entry.is_symlink():
+                _fix_mode(entry, 0o777 if entry.is_dir() else 0o666)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
