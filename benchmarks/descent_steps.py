@@ -54,13 +54,13 @@ def main() -> None:
         rd = run_dir(path)
         policy = load_policy(rd)
         metadata = checkpoint_metadata(rd)
-        cfg = policy.config
+        cfg = policy.config.descent
         trained = f"{cfg.train_steps_base}+U{{0..{cfg.train_steps_extra}}}"
         if not cfg.train_steps_extra:
             trained = str(cfg.train_steps_base)
         for max_steps, min_grad in settings:
             # min_grad 0 never stops early: exactly max_steps steps
-            policy.set_inference(max_steps=max_steps, min_grad=min_grad or 0.0)
+            policy.set_inference(descent_steps=max_steps, descent_min_grad=min_grad or 0.0)
             result = evaluate(
                 policy,
                 metadata=metadata,

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ebt_policy.policies import make_policy, make_policy_config
-from ebt_policy.training.config import TRAIN_PRESETS, TrainConfig
+from ebt_policy.policies import get_preset, make_policy, make_policy_config
+from ebt_policy.training.config import TrainConfig
 from ebt_policy.training.loop import LossModule, make_ema, make_scheduler, train_step
 
 STATE_DIM, ACTION_DIM = 19, 7  # about robosuite Lift's low-dim observation and OSC action
@@ -92,7 +92,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[dict[str,
         torch.manual_seed(0)
         policy_cfg = make_policy_config("ebt", preset=preset)
         policy = make_policy(policy_cfg, _shape_meta(args.image_size), stats=_stats()).to(device)
-        batch_size = args.batch_size or TRAIN_PRESETS[preset]["batch_size"]
+        batch_size = args.batch_size or get_preset("ebt", preset).train.batch_size
         cfg = TrainConfig(
             dataset="-", out="-", preset=preset, steps=1000, batch_size=batch_size, amp=args.amp
         ).resolved()
@@ -194,7 +194,7 @@ def _heldout_error(run_dir: Path, dataset: str, max_windows: int = 512) -> float
     items = [ds[int(i)] for i in idx]
     obs = {k: np.stack([it["obs"][k].numpy() for it in items]) for k in items[0]["obs"]}
     target = np.stack([it["action"].numpy() for it in items])
-    pred = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0), max_steps=2)
+    pred = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0), descent_steps=2)
     return float(np.mean((pred.chunk - target) ** 2))
 
 

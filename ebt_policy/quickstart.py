@@ -202,7 +202,7 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
         device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = load_policy(run_dir, device=device)
     if args.descent_steps is not None:
-        policy.set_inference(max_steps=args.descent_steps)
+        policy.set_inference(descent_steps=args.descent_steps)
     t0 = time.perf_counter()
     result = evaluate(
         policy,
