@@ -55,13 +55,13 @@ def main() -> None:
         rd = run_dir(path)
         policy = load_policy(rd)
         metadata = checkpoint_metadata(rd)
-        cfg = policy.config
+        cfg = policy.config.descent
         trained = f"{cfg.train_steps_base}+U{{0..{cfg.train_steps_extra}}}"
         if not cfg.train_steps_extra:
             trained = str(cfg.train_steps_base)
         for descent_steps, min_grad in settings:
             # min_grad 0 never stops early: exactly descent_steps steps
-            policy.set_inference(max_steps=descent_steps, min_grad=min_grad or 0.0)
+            policy.set_inference(descent_steps=descent_steps, descent_min_grad=min_grad or 0.0)
             config = EvalConfig(
                 metadata=metadata, episodes=args.episodes, seed=args.seed, workers=args.workers
             )

@@ -201,7 +201,7 @@ def _heldout_error(run_dir: Path, dataset: str, max_windows: int = 512) -> float
     items = [ds[int(i)] for i in idx]
     obs = {k: np.stack([it["obs"][k].numpy() for it in items]) for k in items[0]["obs"]}
     target = np.stack([it["action"].numpy() for it in items])
-    pred = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0), max_steps=2)
+    pred = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0), descent_steps=2)
     return float(np.mean((pred.chunk - target) ** 2))
 
 

@@ -200,7 +200,7 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
     console.rule(f"3/3 evaluate over {args.eval_episodes} seeded episodes")
     policy = load_policy(run_dir, device=resolve_device(args.device))  # as training resolves it
     if args.descent_steps is not None:
-        policy.set_inference(max_steps=args.descent_steps)
+        policy.set_inference(descent_steps=args.descent_steps)
     t0 = time.perf_counter()
     config = EvalConfig(
         metadata=store.metadata,

@@ -194,10 +194,15 @@ def test_resume_from_truncated_training_state_names_the_file(run_dir: Path, tmp_
 
 
 def test_loading_does_not_import_training_code(run_dir: Path) -> None:
+    """Nor the episode store or the envs: a deploy loop loads and runs the policy alone."""
     code = (
-        "import sys; from ebt_policy import load_policy; "
-        f"load_policy({str(run_dir)!r}); "
-        "assert not any(m.startswith('ebt_policy.training') for m in sys.modules), 'imported'"
+        "import sys; import numpy as np; from ebt_policy import load_policy; "
+        f"policy = load_policy({str(run_dir)!r}); "
+        "policy.predict_chunk({'state': np.zeros((1, 2, 4), np.float32)}); "
+        "assert not any(m.startswith('ebt_policy.training') for m in sys.modules), 'imported'; "
+        "bad = ('zarr', 'ebt_policy.datasets', 'ebt_policy.envs', 'ebt_policy.training'); "
+        "found = [m for m in sys.modules if m.split('.')[0] == 'zarr' or m.startswith(bad[1:])]; "
+        "assert not found, found"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,7 +10,7 @@ import torch
 from ebt_policy.errors import ConfigError
 from ebt_policy.models import TransformerEnergy
 from ebt_policy.policies import DescentConfig, EnergyDescent, NonFiniteEnergyError
-from ebt_policy.policies.descent import cosine_sigmas
+from ebt_policy.policies.ebt.descent import cosine_sigmas
 
 torch.set_num_threads(1)
 
@@ -64,7 +64,7 @@ def test_step_size_is_clamped():
     torch.testing.assert_close(x_next, torch.full_like(x, -2.0))
 
 
-def test_inference_max_steps_2_takes_exactly_2_steps_and_reaches_a_bowl_minimum():
+def test_inference_descent_steps_2_takes_exactly_2_steps_and_reaches_a_bowl_minimum():
     descent = EnergyDescent(DescentConfig(alpha=2400.0, rms_norm="none", momentum=0.0))
     target = torch.rand(4, TP, DA) - 0.5
     res = descent.infer(quadratic(target, torch.full((4,), 0.01)), torch.randn(4, TP, DA))
@@ -76,8 +76,11 @@ def test_inference_max_steps_2_takes_exactly_2_steps_and_reaches_a_bowl_minimum(
 
 
 def test_adaptive_inference_stops_each_sample_on_its_own_gradient():
-    """max_steps=20, min_grad: a flat-energy sample stops after 1+1 steps, a steep one runs on."""
-    descent = EnergyDescent(DescentConfig(alpha=1.0, rms_norm="none", max_steps=20, min_grad=1e-3))
+    """descent_steps=20 with descent_min_grad: a flat-energy sample stops after 1+1 steps, a steep
+    one runs on."""
+    descent = EnergyDescent(
+        DescentConfig(alpha=1.0, rms_norm="none", descent_steps=20, descent_min_grad=1e-3)
+    )
     target = torch.ones(3, TP, DA)
     scale = torch.tensor([0.0, 1e-4, 1.0])  # flat, nearly flat, steep
     x0 = torch.zeros(3, TP, DA)
@@ -88,8 +91,8 @@ def test_adaptive_inference_stops_each_sample_on_its_own_gradient():
     alone = descent.infer(quadratic(target[2:], scale[2:]), x0[2:])
     torch.testing.assert_close(alone.chunk, res.chunk[2:])
     assert alone.steps.tolist() == [20]
-    # max_steps=1 is a single (final) step.
-    assert descent.infer(quadratic(target), x0, max_steps=1).steps.tolist() == [1, 1, 1]
+    # descent_steps=1 is a single (final) step.
+    assert descent.infer(quadratic(target), x0, descent_steps=1).steps.tolist() == [1, 1, 1]
 
 
 def test_training_unroll_draws_n_steps_and_builds_second_order_graph():
@@ -144,13 +147,13 @@ def test_nan_raises_with_the_step_index(training):
         e = x.pow(2).mean(dim=(1, 2))
         return e * float("nan") if calls["n"] == 3 else e  # the third evaluation is step 2
 
-    descent = EnergyDescent(DescentConfig(train_steps_base=5, train_steps_extra=0, max_steps=5))
+    descent = EnergyDescent(DescentConfig(train_steps_base=5, train_steps_extra=0, descent_steps=5))
     x = torch.randn(2, TP, DA)
     with pytest.raises(NonFiniteEnergyError, match="step 2 of 5") as info:
         if training:
             descent.train_unroll(energy, x)
         else:
-            descent.infer(energy, x, min_grad=0.0)
+            descent.infer(energy, x, descent_min_grad=0.0)
     assert info.value.step == 2
 
 
@@ -168,7 +171,7 @@ def test_batch_rms_variant_couples_samples_and_per_sample_does_not():
 def test_descent_config_validation_names_the_field():
     with pytest.raises(ConfigError, match="rms_norm"):
         DescentConfig(rms_norm="global")
-    with pytest.raises(ConfigError, match="max_steps"):
-        DescentConfig(max_steps=0)
+    with pytest.raises(ConfigError, match="descent_steps"):
+        DescentConfig(descent_steps=0)
     with pytest.raises(ConfigError, match="exp_energy"):
         DescentConfig(exp_energy_min=2.0, exp_energy_max=1.0)

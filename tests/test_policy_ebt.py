@@ -84,16 +84,25 @@ def test_presets():
     assert (paper.d_model, paper.n_obs_layers, paper.n_energy_layers, paper.n_heads) == (
         256, 8, 8, 4,
     )  # fmt: skip
-    assert (paper.n_obs_steps, paper.horizon, paper.n_action_steps, paper.max_steps) == (
+    assert (
+        paper.n_obs_steps,
+        paper.horizon,
+        paper.n_action_steps,
+        paper.descent.descent_steps,
+    ) == (
         2,
         16,
         8,
         2,
     )
-    assert (paper.train_steps_base, paper.train_steps_extra, paper.alpha) == (6, 4, 1000.0)
+    descent = paper.descent
+    assert (descent.train_steps_base, descent.train_steps_extra, descent.alpha) == (6, 4, 1000.0)
     mlp = make_policy_config("ebt", "mlp")
-    assert (mlp.energy, mlp.mlp_hidden, mlp.mlp_layers, mlp.train_steps_base) == ("mlp", 256, 3, 3)
-    assert make_policy_config("ebt", "small", max_steps=20).max_steps == 20
+    assert (mlp.energy, mlp.mlp_hidden, mlp.mlp_layers, mlp.descent.train_steps_base) == (
+        "mlp", 256, 3, 3,
+    )  # fmt: skip
+    small = make_policy_config("ebt", "small", descent={"descent_steps": 20})
+    assert small.descent.descent_steps == 20
 
 
 def test_paper_preset_builds_the_paper_model():
@@ -122,22 +131,22 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="n_heads"):
         make_policy_config("ebt", "tiny", d_model=30, n_heads=4)
     with pytest.raises(ConfigError, match="rms_norm"):
-        make_policy_config("ebt", "tiny", rms_norm="global")
+        make_policy_config("ebt", "tiny", descent={"rms_norm": "global"})
     with pytest.raises(ConfigError, match="n_action_steps"):
         make_policy_config("ebt", "tiny", n_action_steps=16)
 
 
 def test_config_json_round_trip_and_bad_dicts():
-    cfg = make_policy_config("ebt", "mlp", alpha=100, max_steps=20)
-    assert isinstance(cfg.alpha, float)  # ints are accepted for float fields
+    cfg = make_policy_config("ebt", "mlp", descent={"alpha": 100, "descent_steps": 20})
+    assert isinstance(cfg.descent.alpha, float)  # ints are accepted for float fields
     d = json.loads(json.dumps(dataclasses.asdict(cfg)))
     assert policy_config_from_dict(d) == cfg
     with pytest.raises(ConfigError, match="colour_jitter"):
         policy_config_from_dict({**d, "colour_jitter": 0.1})
-    with pytest.raises(ConfigError, match="max_steps must be int"):
-        policy_config_from_dict({**d, "max_steps": 2.5})
+    with pytest.raises(ConfigError, match="descent_steps must be int"):
+        policy_config_from_dict({**d, "descent": {**d["descent"], "descent_steps": 2.5}})
     with pytest.raises(ConfigError, match="loss_final_step_only must be bool"):
-        policy_config_from_dict({**d, "loss_final_step_only": "yes"})
+        policy_config_from_dict({**d, "descent": {**d["descent"], "loss_final_step_only": "yes"}})
 
 
 def test_bad_shape_meta_and_stats():
@@ -155,7 +164,8 @@ def test_bad_shape_meta_and_stats():
 
 @pytest.mark.parametrize("preset,images", [("tiny", True), ("mlp", False), ("mlp", True)])
 def test_compute_loss_reaches_every_parameter(preset, images):
-    cfg = make_policy_config("ebt", preset, train_steps_base=2, train_steps_extra=0, resnet_width=8)
+    steps = {"train_steps_base": 2, "train_steps_extra": 0}
+    cfg = make_policy_config("ebt", preset, descent=steps, resnet_width=8)
     policy = make_policy(cfg, shape_meta(images), random_stats())
     policy.train()
     loss, metrics = policy.compute_loss(batch(3, images))
@@ -185,10 +195,10 @@ def test_predict_chunk_shapes_units_and_protocol():
     assert pred.chunk.shape == (3, 16, DA) and pred.chunk.dtype == np.float32
     np.testing.assert_array_equal(pred.actions, pred.chunk[:, 1:9])
     assert pred.energy.shape == (3,) and pred.grad_norm.shape == (3,)
-    assert pred.steps.tolist() == [policy.config.max_steps] * 3 and pred.latency_s > 0
+    assert pred.steps.tolist() == [policy.config.descent.descent_steps] * 3 and pred.latency_s > 0
     # Robot units: the action statistics span [10, 20]; normalised outputs are O(1).
     assert 0 < pred.chunk.mean() < 30
-    adaptive = policy.predict_chunk(obs_np(batch(3)), max_steps=20, min_grad=1e-3)
+    adaptive = policy.predict_chunk(obs_np(batch(3)), descent_steps=20, descent_min_grad=1e-3)
     assert ((adaptive.steps >= 1) & (adaptive.steps <= 20)).all()
 
 
@@ -227,7 +237,10 @@ def test_same_observation_same_chunk_alone_and_in_a_batch_of_64(images):
     np.testing.assert_allclose(one.chunk[0], full.chunk[5], atol=1e-4, rtol=0)
     np.testing.assert_allclose(one.energy[0], full.energy[5], atol=1e-5, rtol=0)
     if not images:  # the reference's whole-batch RMS couples the batch
-        batch_rms = make_policy(dataclasses.replace(cfg, rms_norm="batch"), shape_meta(), None)
+        batch_cfg = dataclasses.replace(
+            cfg, descent=dataclasses.replace(cfg.descent, rms_norm="batch")
+        )
+        batch_rms = make_policy(batch_cfg, shape_meta(), None)
         batch_rms.load_state_dict(policy.state_dict())
         full = batch_rms.predict_chunk(obs_np(b), init_chunk=noise)
         one = batch_rms.predict_chunk(
@@ -308,7 +321,7 @@ def train_toy(preset: str, steps: int, **overrides) -> tuple[float, float]:
     pred = policy.predict_chunk(
         {"robot0_eef_pos": pos2, "object": obj2},
         generator=torch.Generator().manual_seed(0),
-        max_steps=2,  # the paper's 2 steps, whatever the preset's default
+        descent_steps=2,  # the paper's 2 steps, whatever the preset's default
     )
     assert pred.steps.tolist() == [2] * 256
     mae = float(np.abs(pred.chunk - action2).mean())
@@ -350,7 +363,7 @@ def test_trains_and_predicts_from_a_window_dataset(tmp_path):
         )
     keys = ["robot0_eef_pos", "agentview_image"]
     stats = compute_stats(store)
-    cfg = make_policy_config("ebt", "tiny", train_steps_base=2, train_steps_extra=0)
+    cfg = make_policy_config("ebt", "tiny", descent={"train_steps_base": 2, "train_steps_extra": 0})
     policy = make_policy(cfg, store.shape_meta(keys), stats)
     ds = WindowDataset(store, keys, n_obs_steps=2, horizon=16)
     b = next(iter(DataLoader(ds, batch_size=4, shuffle=True)))

@@ -19,7 +19,7 @@ from ebt_policy.errors import ConfigError
 from ebt_policy.policies.base import ChunkPrediction, Policy
 
 
-class ChunkPolicy:
+class ChunkPolicy(Policy):
     """Deterministic twogoal controller with To=2, Ta=3 that records what it was given.
 
     It reports a fake per-row energy (distance to its target) and steps, like a real policy.
@@ -210,7 +210,7 @@ def test_eval_cli_with_a_saved_policy(tmp_path: Path, capsys: pytest.CaptureFixt
     # grad < 1e9: stop after the first
     assert json.loads(out_json.read_text())["max_descent_steps"] == 2
     assert main([*argv, "--descent-steps", "0"]) == 2
-    assert "max_steps must be >= 1" in capsys.readouterr().err
+    assert "descent_steps must be >= 1" in capsys.readouterr().err
     # a checkpoint without dataset metadata needs --task
     bare = save_pretrained(policy, tmp_path / "bare", shape_meta=shape_meta)
     assert main(["eval", "--checkpoint", str(bare), "--episodes", "1"]) == 2

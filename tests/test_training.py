@@ -231,14 +231,15 @@ def test_cli_train_with_policy_overrides_then_load(toy_store: Path, tmp_path: Pa
     argv = [
         "train", "--dataset", str(toy_store), "--out", str(out), "--preset", "mlp",
         "--steps", "6", "--batch-size", "8", "--device", "cpu", "--no-progress",
-        "--policy-cfg.mlp-hidden", "32", "--policy-cfg.max-steps", "4", "--save-every", "3",
+        "--policy-cfg.mlp-hidden", "32", "--policy-cfg.descent.descent-steps", "4",
+        "--save-every", "3",
     ]  # fmt: skip
     assert main(argv) == 0
     saved = json.loads((out / "config.json").read_text())
-    assert saved["train"]["policy_overrides"] == {"mlp_hidden": 32, "max_steps": 4}
+    assert saved["train"]["policy_overrides"] == {"mlp_hidden": 32, "descent": {"descent_steps": 4}}
     assert saved["policy"]["config"]["mlp_hidden"] == 32
     policy = load_policy(out)
-    assert policy.config.mlp_hidden == 32 and policy.config.max_steps == 4
+    assert policy.config.mlp_hidden == 32 and policy.config.descent.descent_steps == 4
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == [
         "step_00000003",
         "step_00000006",

@@ -175,7 +175,9 @@ def eval_main(argv: list[str]) -> int:
             raise ConfigError(
                 f"{args.checkpoint}: --descent-steps/--descent-min-grad apply to energy policies"
             )
-        policy.set_inference(max_steps=args.descent_steps, min_grad=args.descent_min_grad)
+        policy.set_inference(
+            descent_steps=args.descent_steps, descent_min_grad=args.descent_min_grad
+        )
     metadata = checkpoint_metadata(args.checkpoint)
     if args.task is None and metadata is None:
         raise CheckpointError(

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from ebt_policy.envs.collect_workers import new_expert
-from ebt_policy.policies.base import ChunkPrediction
+from ebt_policy.policies.base import ChunkPrediction, Policy
 
 
-class ExpertPolicy:
+class ExpertPolicy(Policy):
     """Scripted expert as a policy: To = Ta = Tp = 1, one expert per batch row.
 
     Args:

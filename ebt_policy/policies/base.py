@@ -1,19 +1,27 @@
-"""The small policy interface shared by EBT-Policy and the baselines.
+"""The small policy interface shared by EBT-Policy, the baselines and the scripted experts.
 
-A policy is a ``torch.nn.Module`` that holds its own normaliser and offers:
+A policy offers:
 
-* ``compute_loss(batch) -> (loss, metrics)`` for training, where ``batch`` is what
-  :class:`ebt_policy.datasets.WindowDataset` yields, collated: ``obs`` (dict key -> (B, To, ...)),
-  ``action`` (B, Tp, Da) in the robot's units, ``obs_pad`` (B, To) and ``action_pad`` (B, Tp) bools.
-* ``predict_chunk(obs_window) -> ChunkPrediction`` for control, where ``obs_window`` maps each
-  observation key to an array (B, To, ...) in the env's units (images uint8 HWC).
-* ``reset()`` between episodes (clears warm starts and queues).
+* ``predict_chunk(obs_window, rows=None) -> ChunkPrediction`` for control, where ``obs_window``
+  maps each observation key to an array (B, To, ...) in the env's units (images uint8 HWC) and
+  ``rows`` says which batch row (env slot) each element is;
+* ``start_episode(row, seed)`` when batch row ``row`` starts an episode played with env ``seed``
+  (a no-op unless the policy keeps per-row state, e.g. per-episode noise);
+* ``reset()`` between evaluations (clears warm starts and per-row state).
+
+Trainable policies are also ``torch.nn.Module``s (``class P(nn.Module, Policy)``) that hold their
+own normaliser and add ``name``, ``config``, ``shape_meta`` and ``compute_loss(batch) ->
+(loss, metrics)``, where ``batch`` is what :class:`ebt_policy.datasets.WindowDataset` yields,
+collated: ``obs`` (dict key -> (B, To, ...)), ``action`` (B, Tp, Da) in the robot's units,
+``obs_pad`` (B, To) and ``action_pad`` (B, Tp) bools.
 """
 
 from __future__ import annotations
 
+import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
@@ -35,14 +43,31 @@ class ChunkPrediction:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@runtime_checkable
-class Policy(Protocol):
-    """What the evaluation runner and the deploy loop need from a policy."""
+class Policy(abc.ABC):
+    """What the evaluation runner and the deploy loop need from a policy.
 
-    n_obs_steps: int  # To
-    n_action_steps: int  # Ta
-    horizon: int  # Tp
+    Subclasses set the three window sizes (as class or instance attributes) and implement
+    :meth:`predict_chunk`; :meth:`reset` and :meth:`start_episode` default to doing nothing.
+    """
 
-    def reset(self) -> None: ...
+    name: str = "policy"
+    n_obs_steps: int  # To: observation frames per window
+    n_action_steps: int  # Ta: actions executed per plan
+    horizon: int  # Tp: chunk length
 
-    def predict_chunk(self, obs_window: dict[str, np.ndarray]) -> ChunkPrediction: ...
+    def reset(self) -> None:  # noqa: B027 (a default, not an abstract method)
+        """Forget all per-episode state (default: the policy keeps none)."""
+
+    def start_episode(self, row: int, seed: int | None) -> None:  # noqa: B027 (a default)
+        """Batch row ``row`` starts an episode played with env ``seed`` (default: nothing to do).
+
+        Policies with per-row state (noise generators, experts) set it up here; ``seed=None``
+        returns the row to its default state.
+        """
+
+    @abc.abstractmethod
+    def predict_chunk(
+        self, obs_window: dict[str, np.ndarray], rows: Sequence[int] | None = None
+    ) -> ChunkPrediction:
+        """Plan one chunk per batch element; ``rows[b]`` is the env slot of element ``b``
+        (None: element ``b`` is row ``b``)."""

@@ -8,6 +8,7 @@ Layout of a checkpoint directory::
 
     config.json          {"format_version", "policy": {"name", "config"}, "shape_meta",
                           "dataset_metadata", "train_config", "step"}
+                         (older format versions are converted on load: policies/schema.py)
     model.safetensors    the policy's state_dict (EMA weights, normaliser buffers included)
     training_state/      optimiser, scheduler, EMA, RNG, data position (training only)
 
@@ -17,68 +18,53 @@ Layout of a checkpoint directory::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ebt_policy.errors import CheckpointError, ConfigError
+from ebt_policy.models.shapes import ShapeMeta
+from ebt_policy.policies.factory import make_policy, policy_config_from_dict
+from ebt_policy.policies.schema import FORMAT_VERSION, upgrade_checkpoint_config
+from ebt_policy.utils import atomic_directory, write_json_atomic
 
-FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TRAINING_STATE_NAME = "training_state"
-
-
-def _to_jsonable(value: Any) -> Any:
-    """Turn dataclasses, numpy values and paths into plain JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
-        return value.tolist()
-    return value
 
 
 def write_policy_files(
     policy: torch.nn.Module,
     directory: str | os.PathLike,
     *,
-    shape_meta: dict[str, Any],
+    shape_meta: ShapeMeta | Mapping[str, Any],
     dataset_metadata: dict[str, Any] | None = None,
     train_config: dict[str, Any] | None = None,
     step: int | None = None,
 ) -> None:
     """Write ``config.json`` and ``model.safetensors`` for ``policy`` into an existing directory.
 
-    No atomicity here: callers write into a temporary directory and rename it (see
-    :func:`save_pretrained` and the training checkpoint writer).
+    The directory as a whole is not swapped in atomically here: callers write into a temporary
+    directory and rename it (see :func:`save_pretrained` and the training checkpoint writer).
     """
     from safetensors.torch import save_model
 
     directory = Path(directory)
+    if isinstance(shape_meta, ShapeMeta):
+        shape_meta = shape_meta.to_dict()
     config = {
         "format_version": FORMAT_VERSION,
-        "policy": {"name": policy.name, "config": _to_jsonable(policy.config)},
-        "shape_meta": _to_jsonable(shape_meta),
-        "dataset_metadata": _to_jsonable(dataset_metadata or {}),
-        "train_config": _to_jsonable(train_config or {}),
+        "policy": {"name": policy.name, "config": policy.config},
+        "shape_meta": shape_meta,
+        "dataset_metadata": dataset_metadata or {},
+        "train_config": train_config or {},
         "step": step,
     }
-    with open(directory / CONFIG_NAME, "w") as f:
-        json.dump(config, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
+    write_json_atomic(directory / CONFIG_NAME, config)  # to_jsonable: dataclasses, numpy, paths
     # save_model handles tied (shared) tensors, which save_file refuses.
     save_model(policy, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
 
@@ -87,7 +73,7 @@ def save_pretrained(
     policy: torch.nn.Module,
     directory: str | os.PathLike,
     *,
-    shape_meta: dict[str, Any],
+    shape_meta: ShapeMeta | Mapping[str, Any],
     dataset_metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -96,7 +82,7 @@ def save_pretrained(
     Args:
         policy: a policy built by ``ebt_policy.policies.make_policy`` (has ``name`` and ``config``).
         directory: target directory; must not exist unless ``overwrite``.
-        shape_meta: the ``shape_meta`` the policy was built with.
+        shape_meta: the shapes the policy was built with (a ShapeMeta or its dict form).
         dataset_metadata: the episode store's metadata (lets evaluation rebuild the env).
         overwrite: replace an existing directory.
 
@@ -106,21 +92,8 @@ def save_pretrained(
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise CheckpointError(f"{directory}: already exists (pass overwrite=True to replace it)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
         write_policy_files(policy, tmp, shape_meta=shape_meta, dataset_metadata=dataset_metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it owner-only
-        for path in tmp.iterdir():
-            os.chmod(path, 0o666 & ~umask)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
@@ -147,7 +120,8 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``config.json`` of the checkpoint at ``path`` (any form load_policy takes)."""
+    """Read and check ``config.json`` of the checkpoint at ``path`` (any form load_policy takes),
+    converted to the current format version whatever version wrote it."""
     directory = resolve_checkpoint_dir(path)
     config_path = directory / CONFIG_NAME
     if not config_path.exists():
@@ -159,11 +133,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{config_path}: not valid JSON (truncated?): {exc}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object")
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{config_path}: format_version {version!r}, this code reads {FORMAT_VERSION}"
-        )
+    config = upgrade_checkpoint_config(config, str(config_path))
     for key in ("policy", "shape_meta"):
         if key not in config:
             raise CheckpointError(f"{config_path}: missing key '{key}'")
@@ -174,8 +144,6 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _build_policy(config: dict[str, Any], config_path: Path) -> torch.nn.Module:
-    from ebt_policy.policies import make_policy, policy_config_from_dict
-
     policy_cfg_dict = dict(config["policy"]["config"])
     try:
         policy_cfg = policy_config_from_dict(policy_cfg_dict)

@@ -36,12 +36,13 @@ def _prescan(argv: list[str], flag: str, default: str) -> str:
 
 
 def _overrides(cfg: Any, default: Any) -> dict[str, Any]:
-    """Top-level fields of ``cfg`` that differ from ``default``."""
-    return {
-        f.name: getattr(cfg, f.name)
-        for f in dataclasses.fields(cfg)
-        if getattr(cfg, f.name) != getattr(default, f.name)
-    }
+    """Fields of ``cfg`` that differ from ``default``; a nested config gives a dict of its own."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value, base = getattr(cfg, f.name), getattr(default, f.name)
+        if value != base:
+            out[f.name] = _overrides(value, base) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def main(argv: list[str]) -> int:

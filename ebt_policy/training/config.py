@@ -1,6 +1,7 @@
 """Training configuration: one dataclass, validated on construction, saved as JSON with each run.
 
-Fields left at ``None`` take the value of the preset's training recipe (:data:`TRAIN_PRESETS`), so
+Fields left at ``None`` take the value of the preset's training recipe (``get_preset(policy,
+preset).train``, declared beside the policy's presets, e.g. ``policies/ebt/presets.py``), so
 ``--preset tiny`` gives a short run that learns quickly on a CPU and ``--preset paper`` gives the
 recipe of method.md (AdamW lr 1e-4, weight decay 1e-6, 500 warm-up steps, batch 64).
 """
@@ -15,14 +16,12 @@ import tyro
 
 from ebt_policy.errors import ConfigError
 
-# Per-preset training recipe. The paper recipe is method.md's; the smaller models take a higher
-# learning rate and shorter warm-up because they are meant for minutes, not days, of CPU training.
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"lr": 1e-4, "warmup_steps": 500, "batch_size": 64},
-    "small": {"lr": 3e-4, "warmup_steps": 200, "batch_size": 64},
-    "tiny": {"lr": 1e-3, "warmup_steps": 50, "batch_size": 32},
-    "mlp": {"lr": 1e-3, "warmup_steps": 50, "batch_size": 256},
-}
+
+def _recipe(policy: str, preset: str) -> Any:
+    """The training recipe of a policy preset (ConfigError naming an unknown policy or preset)."""
+    from ebt_policy.policies import get_preset  # lazy: the policies import torch
+
+    return get_preset(policy, preset).train
 
 
 @dataclass
@@ -98,10 +97,7 @@ class TrainConfig:
     """DDP option; needed only when some parameters get no gradient."""
 
     def __post_init__(self) -> None:
-        if self.preset not in TRAIN_PRESETS:
-            raise ConfigError(
-                f"preset: unknown preset {self.preset!r}, expected one of {sorted(TRAIN_PRESETS)}"
-            )
+        _recipe(self.policy, self.preset)  # the policy and its preset must exist
         if not isinstance(self.policy_overrides, dict):
             raise ConfigError("policy_overrides: expected a dict of policy config fields")
         checks = [
@@ -137,14 +133,14 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with every preset-dependent ``None`` replaced by its value."""
-        recipe = TRAIN_PRESETS[self.preset]
+        recipe = _recipe(self.policy, self.preset)
         warmup = self.warmup_steps
         if warmup is None:
-            warmup = min(recipe["warmup_steps"], self.steps // 5)
+            warmup = min(recipe.warmup_steps, self.steps // 5)
         return dataclasses.replace(
             self,
-            lr=self.lr if self.lr is not None else recipe["lr"],
-            batch_size=self.batch_size if self.batch_size is not None else recipe["batch_size"],
+            lr=self.lr if self.lr is not None else recipe.lr,
+            batch_size=self.batch_size if self.batch_size is not None else recipe.batch_size,
             warmup_steps=warmup,
         )
 

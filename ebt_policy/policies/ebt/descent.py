@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ebt_policy.errors import ConfigError
+from ebt_policy.policies.validation import check_types, require
 
 EnergyFn = Callable[[Tensor], Tensor]
 
@@ -61,14 +62,16 @@ class DescentConfig:
     sigma_min: float = 0.002
     alpha_random_scale: float = 1.5  # training multiplies alpha by U[1/s, s] per sample
     loss_final_step_only: bool = False  # default: mean of the per-step losses
-    max_steps: int = 2  # inference: 2 = the paper's "2 steps"; 20 with min_grad 1e-3 = adaptive
-    min_grad: float = 1e-3
+    # inference: 2 = the paper's "2 steps"; 20 with descent_min_grad 1e-3 = the adaptive mode
+    descent_steps: int = 2
+    descent_min_grad: float = 1e-3
     rms_eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        check_types(self, "descent config")
+
         def need(ok: bool, what: str) -> None:
-            if not ok:
-                raise ConfigError(f"descent config: {what}")
+            require(ok, "descent config", what)
 
         need(
             self.rms_norm in RMS_NORM_MODES,
@@ -98,8 +101,11 @@ class DescentConfig:
             self.alpha_random_scale >= 1.0,
             f"alpha_random_scale must be >= 1, got {self.alpha_random_scale}",
         )
-        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        need(self.min_grad >= 0, f"min_grad must be >= 0, got {self.min_grad}")
+        need(self.descent_steps >= 1, f"descent_steps must be >= 1, got {self.descent_steps}")
+        need(
+            self.descent_min_grad >= 0,
+            f"descent_min_grad must be >= 0, got {self.descent_min_grad}",
+        )
         need(self.rms_eps > 0, f"rms_eps must be > 0, got {self.rms_eps}")
 
 
@@ -254,20 +260,23 @@ class EnergyDescent(torch.nn.Module):
         self,
         energy: EnergyFn,
         x0: Tensor,
-        max_steps: int | None = None,
-        min_grad: float | None = None,
+        descent_steps: int | None = None,
+        descent_min_grad: float | None = None,
     ) -> DescentResult:
         """Descend from ``x0`` (B, Tp, Da) without noise or random step scale.
 
-        Per sample: keep stepping while steps < max_steps - 1 and the last gradient norm exceeds
-        ``min_grad``, then take one final step. A sample that has stopped is frozen while the others
+        Per sample: keep stepping while steps < descent_steps - 1 and the last gradient norm
+        exceeds ``descent_min_grad``, then take one final step (both default to the config's).
+        A sample that has stopped is frozen while the others
         continue, so each sample's result does not depend on its batch neighbours.
         """
         cfg = self.config
-        max_steps = cfg.max_steps if max_steps is None else max_steps
-        min_grad = cfg.min_grad if min_grad is None else min_grad
-        if max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+        if descent_steps is None:
+            descent_steps = cfg.descent_steps
+        if descent_min_grad is None:
+            descent_min_grad = cfg.descent_min_grad
+        if descent_steps < 1:
+            raise ConfigError(f"descent_steps must be >= 1, got {descent_steps}")
         B = x0.shape[0]
         dev = x0.device
         x = x0
@@ -276,20 +285,20 @@ class EnergyDescent(torch.nn.Module):
         gnorm = torch.full((B,), float("inf"), device=dev)
         active = torch.ones(B, dtype=torch.bool, device=dev)
         shape = (B,) + (1,) * (x.dim() - 1)
-        for i in range(max_steps - 1):
+        for i in range(descent_steps - 1):
             if i > 0:  # before the first step every gradient norm is "infinite": no sync needed
-                active = active & (gnorm > min_grad)
+                active = active & (gnorm > descent_min_grad)
                 if not bool(active.any()):
                     break
             x_new, v_new, e, g = self.step(energy, x, v, training=False)
-            _check_finite(e, g, i, max_steps)
+            _check_finite(e, g, i, descent_steps)
             m = active.view(shape)
             x = torch.where(m, x_new, x)
             v = torch.where(m, v_new, v)
             gnorm = torch.where(active, g.flatten(1).norm(dim=1).float(), gnorm)
             steps = steps + active.long()
         x, v, e, g = self.step(energy, x, v, training=False)
-        _check_finite(e, g, int(steps.max()), max_steps)
+        _check_finite(e, g, int(steps.max()), descent_steps)
         return DescentResult(
             chunk=x, energy=e, steps=steps + 1, grad_norm=g.flatten(1).norm(dim=1).float()
         )

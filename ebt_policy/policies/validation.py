@@ -1,0 +1,86 @@
+"""Checks shared by the policy config dataclasses: known keys, field types, nested configs.
+
+Every failure is a :class:`~ebt_policy.errors.ConfigError` whose one-line message names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ebt_policy.errors import ConfigError
+
+_SCALAR_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def require(ok: bool, where: str, what: str) -> None:
+    """ConfigError ``"{where}: {what}"`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{where}: {what}")
+
+
+def check_keys(cls: type, keys: Iterable[str], where: str) -> None:
+    """ConfigError listing the keys that are not fields of dataclass ``cls``."""
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(keys) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}"
+            + _nested_hint(cls, unknown)
+        )
+
+
+def _nested_hint(cls: type, unknown: list[str]) -> str:
+    """Where a key that belongs to a nested config goes (``alpha`` -> ``descent={...}``)."""
+    for f in dataclasses.fields(cls):
+        sub = f.default_factory
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            inner = [k for k in unknown if k in {g.name for g in dataclasses.fields(sub)}]
+            if inner:
+                return f" ({inner} belong in {f.name}: pass {f.name}={{{inner[0]!r}: ...}})"
+    return ""
+
+
+def check_types(cfg: Any, where: str) -> None:
+    """ConfigError naming the scalar field whose value has the wrong type (ints pass as floats,
+    and are stored as floats). Fields of other types are left to the config's ``__post_init__``."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        expected = _SCALAR_TYPES.get(str(f.type))
+        if expected is None:
+            continue
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(cfg, f.name, float(value))
+            continue
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{where}: {f.name} must be {expected.__name__}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+
+
+def nested_config(cls: type, value: Any, where: str) -> Any:
+    """A nested config field: an instance of ``cls`` as is, or ``cls(**value)`` from a mapping
+    (e.g. the ``descent`` entry of a config.json), with unknown keys named."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{where}: must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}"
+        )
+    check_keys(cls, value, where)
+    return cls(**value)
+
+
+def replace_fields(cfg: Any, overrides: Mapping[str, Any], where: str) -> Any:
+    """A copy of dataclass ``cfg`` with ``overrides``; a mapping given for a nested dataclass
+    field updates only the fields it names (``descent={"alpha": 100}`` keeps the others)."""
+    check_keys(type(cfg), overrides, where)
+    resolved = {}
+    for key, value in overrides.items():
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            value = replace_fields(current, value, f"{where}.{key}")
+        resolved[key] = value
+    return dataclasses.replace(cfg, **resolved)

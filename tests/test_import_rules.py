@@ -1,0 +1,53 @@
+"""Import rules of the layout, each checked in a fresh interpreter through ``sys.modules``.
+
+Imports run left to right in the data flow: ``models`` needs nothing of ours but ``errors``;
+``policies`` builds on ``models``; what runs a policy (``load_policy`` + ``predict_chunk``, the
+coming deploy loop) imports no episode store (zarr, ``ebt_policy.datasets``), no simulator and no
+training code; ``datasets`` imports no policy, env or training code.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CHECKPOINT = Path(__file__).parent / "data" / "ebt_v1_tiny"
+STORE_AND_SIM = ["zarr", "mujoco", "ebt_policy.datasets", "ebt_policy.envs"]
+
+RULES = {
+    "models": (
+        "import ebt_policy.models",
+        [*STORE_AND_SIM, "ebt_policy.policies", "ebt_policy.training"],
+    ),
+    "run a policy": (
+        "import numpy as np; from ebt_policy import load_policy; "
+        f"policy = load_policy({str(CHECKPOINT)!r}); "
+        "policy.predict_chunk({'state': np.zeros((2, policy.n_obs_steps, 4), np.float32)})",
+        [*STORE_AND_SIM, "ebt_policy.training"],
+    ),
+    "datasets": (
+        "import ebt_policy.datasets as d; d.WindowDataset, d.Normalizer, d.compute_stats",
+        ["ebt_policy.policies", "ebt_policy.envs", "ebt_policy.training"],
+    ),
+}
+
+
+def imported(code: str, forbidden: list[str]) -> list[str]:
+    """Run ``code`` in a fresh interpreter; the modules of ``forbidden`` (or below) it imported."""
+    check = (
+        f"{code}\nimport sys\n"
+        f"print(sorted(m for m in sys.modules if any(m == f or m.startswith(f + '.') "
+        f"for f in {forbidden!r})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return eval(proc.stdout.strip().splitlines()[-1])  # a printed list of str
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_import_rule(rule: str) -> None:
+    code, forbidden = RULES[rule]
+    assert imported(code, forbidden) == [], f"{rule}: imports what it must not"
