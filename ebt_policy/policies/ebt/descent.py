@@ -28,11 +28,13 @@ import torch
 from torch import Tensor
 
 from ebt_policy.errors import ConfigError
+from ebt_policy.policies.ebt.objectives import OBJECTIVES, step_loss
 from ebt_policy.policies.validation import check_types, require
 
 EnergyFn = Callable[[Tensor], Tensor]
 
 RMS_NORM_MODES = ("sample", "batch", "none")
+STEP_SCALES = ("exp_energy", "fixed")
 
 
 class NonFiniteEnergyError(FloatingPointError):
@@ -66,6 +68,13 @@ class DescentConfig:
     descent_steps: int = 2
     descent_min_grad: float = 1e-3
     rms_eps: float = 1e-6
+    # --- objective (ebt_policy.policies.ebt.objectives); "mse" + "exp_energy" is the reference
+    objective: str = "mse"  # "mse" | "energy_score" (two chains per sample)
+    energy_score_beta: float = 1.0  # exponent of the energy score's distances, in (0, 2)
+    eqm_weight: float = 0.0  # weight of the Equilibrium-Matching term (0: off)
+    step_scale: str = "exp_energy"  # "exp_energy": alpha*clamp(exp(E))/T; "fixed": alpha/T
+    # inference: also stop a sample once a step moves its chunk less than this (RMS; 0: off)
+    descent_min_disp: float = 0.0
 
     def __post_init__(self) -> None:
         check_types(self, "descent config")
@@ -107,6 +116,33 @@ class DescentConfig:
             f"descent_min_grad must be >= 0, got {self.descent_min_grad}",
         )
         need(self.rms_eps > 0, f"rms_eps must be > 0, got {self.rms_eps}")
+        need(
+            self.objective in OBJECTIVES,
+            f"objective must be one of {OBJECTIVES}, got {self.objective!r}",
+        )
+        need(
+            0 < self.energy_score_beta < 2,
+            f"energy_score_beta must be in (0, 2), got {self.energy_score_beta}",
+        )
+        need(self.eqm_weight >= 0, f"eqm_weight must be >= 0, got {self.eqm_weight}")
+        need(
+            self.step_scale in STEP_SCALES,
+            f"step_scale must be one of {STEP_SCALES}, got {self.step_scale!r}",
+        )
+        need(
+            self.descent_min_disp >= 0,
+            f"descent_min_disp must be >= 0, got {self.descent_min_disp}",
+        )
+
+    @property
+    def n_chains(self) -> int:
+        """Descent chains per training sample: the energy score compares two."""
+        return 2 if self.objective == "energy_score" else 1
+
+    @property
+    def step_size(self) -> float:
+        """The plain step size alpha / T (what the fixed step scale uses)."""
+        return self.alpha / self.temperature
 
 
 @dataclass
@@ -178,7 +214,10 @@ class EnergyDescent(torch.nn.Module):
             (g,) = torch.autograd.grad(e.sum(), x_look, create_graph=training)
         g = g.to(x.dtype)
         # Bounded per-sample step size: exp(E) is clamped, so a drifting energy cannot explode it.
-        scale = e.exp().clamp(cfg.exp_energy_min, cfg.exp_energy_max)
+        if cfg.step_scale == "fixed":
+            scale = torch.ones_like(e)
+        else:
+            scale = e.exp().clamp(cfg.exp_energy_min, cfg.exp_energy_max)
         if not training:
             e, scale = e.detach(), scale.detach()
         alpha = (cfg.alpha / cfg.temperature) * scale  # (B,)
@@ -200,8 +239,9 @@ class EnergyDescent(torch.nn.Module):
     ) -> tuple[Tensor, dict[str, float]]:
         """Unroll N steps from noise towards ``target`` (B, Tp, Da, normalised); return the loss.
 
-        N = base + U{0..extra} unless ``n_steps`` is given. Loss: mean over steps of the MSE to the
-        target (or the final step's only). One host sync per call, at the end (NaN check).
+        N = base + U{0..extra} unless ``n_steps`` is given. Loss: mean over steps of the step
+        loss (the config's objective: MSE, or the energy score over ``n_chains`` chains stacked
+        on the batch dim; or the final step's only). One host sync per call (NaN check).
         """
         cfg = self.config
         dev = target.device
@@ -214,7 +254,8 @@ class EnergyDescent(torch.nn.Module):
                     )
                 )
             n_steps = cfg.train_steps_base + extra
-        x = torch.randn(target.shape, device=dev, dtype=target.dtype, generator=generator)
+        shape = (cfg.n_chains * target.shape[0], *target.shape[1:])  # (chains*B, Tp, Da)
+        x = torch.randn(shape, device=dev, dtype=target.dtype, generator=generator)
         v = torch.zeros_like(x)
         sigmas = cosine_sigmas(n_steps, cfg.sigma_max, cfg.sigma_min)
         losses = []
@@ -227,7 +268,7 @@ class EnergyDescent(torch.nn.Module):
             )
             finite.append(torch.isfinite(e).all() & torch.isfinite(g).all())
             if not cfg.loss_final_step_only or i == n_steps - 1:
-                losses.append(torch.nn.functional.mse_loss(x.float(), target.float()))
+                losses.append(step_loss(cfg.objective, x, target, cfg.energy_score_beta))
             energies.append(e.detach())
             grads.append(g.detach())
         loss = torch.stack(losses).mean()
@@ -265,10 +306,11 @@ class EnergyDescent(torch.nn.Module):
     ) -> DescentResult:
         """Descend from ``x0`` (B, Tp, Da) without noise or random step scale.
 
-        Per sample: keep stepping while steps < descent_steps - 1 and the last gradient norm
-        exceeds ``descent_min_grad``, then take one final step (both default to the config's).
-        A sample that has stopped is frozen while the others
-        continue, so each sample's result does not depend on its batch neighbours.
+        Per sample: keep stepping while steps < descent_steps - 1, the last gradient norm
+        exceeds ``descent_min_grad`` and (when the config's ``descent_min_disp`` > 0) the last
+        step moved the chunk more than that (RMS), then take one final step (the limits default
+        to the config's). A sample that has stopped is frozen while the others continue, so each
+        sample's result does not depend on its batch neighbours.
         """
         cfg = self.config
         if descent_steps is None:
@@ -283,15 +325,21 @@ class EnergyDescent(torch.nn.Module):
         v = torch.zeros_like(x)
         steps = torch.zeros(B, dtype=torch.long, device=dev)
         gnorm = torch.full((B,), float("inf"), device=dev)
+        disp = torch.full((B,), float("inf"), device=dev)
         active = torch.ones(B, dtype=torch.bool, device=dev)
         shape = (B,) + (1,) * (x.dim() - 1)
         for i in range(descent_steps - 1):
             if i > 0:  # before the first step every gradient norm is "infinite": no sync needed
                 active = active & (gnorm > descent_min_grad)
+                if cfg.descent_min_disp > 0:
+                    active = active & (disp > cfg.descent_min_disp)
                 if not bool(active.any()):
                     break
             x_new, v_new, e, g = self.step(energy, x, v, training=False)
             _check_finite(e, g, i, descent_steps)
+            if cfg.descent_min_disp > 0:  # RMS displacement of this step, per sample
+                moved = (x_new - x).flatten(1).pow(2).mean(dim=1).sqrt().float()
+                disp = torch.where(active, moved, disp)
             m = active.view(shape)
             x = torch.where(m, x_new, x)
             v = torch.where(m, v_new, v)

@@ -27,6 +27,7 @@ from ebt_policy.models.transformer import TransformerEnergy
 from ebt_policy.policies.base import ChunkPrediction, Policy
 from ebt_policy.policies.ebt.configuration import EBTPolicyConfig
 from ebt_policy.policies.ebt.descent import EnergyDescent
+from ebt_policy.policies.ebt.objectives import eqm_loss
 
 ACTION_KEY = "action"
 
@@ -151,7 +152,17 @@ class EBTPolicy(nn.Module, Policy):
             )
         target = self.normalizer.normalize(ACTION_KEY, action)  # (B, Tp, Da) in [-1, 1]
         context = self.encode(self._normalize_obs(obs), augment=self.training)
-        return self.descent.train_unroll(self.energy_fn(context), target, generator=generator)
+        cfg = self.descent.config
+        # the energy score's chains share the observation context: (chains*B, ...)
+        chains_ctx = context if cfg.n_chains == 1 else torch.cat([context] * cfg.n_chains)
+        loss, metrics = self.descent.train_unroll(
+            self.energy_fn(chains_ctx), target, generator=generator
+        )
+        if cfg.eqm_weight > 0:
+            eqm = eqm_loss(self.energy_fn(context), target, cfg.step_size, generator=generator)
+            loss = loss + cfg.eqm_weight * eqm
+            metrics["eqm_loss"] = float(eqm.detach())
+        return loss, metrics
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Same as :meth:`compute_loss` (so DistributedDataParallel can wrap the policy)."""
