@@ -113,6 +113,29 @@ def closed_loop(policy, episodes: int, steps: int, min_grad: float, seed: int) -
     }
 
 
+def verdict(rows: list[dict], run: str) -> str:
+    """The issue's targets for twogoal, checked on this run's measurements."""
+    many = [r for r in rows if r["steps"] not in ("1",)]  # 2..20, adaptive, disp
+    checks = {
+        "success >= 0.95 at every step count 2..20 and adaptive": all(
+            r["success"] >= 0.95 for r in many
+        ),
+        "each goal reached in 30-70% of successful episodes": all(
+            r["n_success"] and 0.3 <= r["left"] / r["success"] <= 0.7 for r in many
+        ),
+        "planner bimodal at the decision point (both sides >= 20% of chunks)": all(
+            min(r["chunks"]["left"], r["chunks"]["right"]) >= 0.2 for r in many
+        ),
+        "success never falls as the step cap grows": all(
+            b["success"] >= a["success"] - 0.04  # one episode in 25 of noise
+            for a, b in zip(many, many[1:], strict=False)
+            if a["steps"].isdigit() and b["steps"].isdigit()
+        ),
+    }
+    lines = [f"{run}:"] + [f"  {'PASS' if ok else 'MISS'}  {what}" for what, ok in checks.items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -152,7 +175,10 @@ def main() -> None:
                 f"{ch['left']:.2f}/{ch['right']:.2f}/{ch['neither']:.2f}",
             )  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
-    Console(width=150).print(table)
+    console = Console(width=150)
+    console.print(table)
+    for run in args.runs:
+        console.print(verdict([r for r in rows if r["run"] == str(run)], str(run)))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
