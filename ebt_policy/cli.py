@@ -17,6 +17,9 @@ import importlib
 import os
 import sys
 import traceback
+from typing import Annotated, Any, TypeVar
+
+T = TypeVar("T")
 
 # command words -> "module:function". Only commands that exist are listed here.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -72,6 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     prefix = tuple(w for w in argv[:1] if any(k[0] == w for k in COMMANDS))
     print(f"error: unknown command: {' '.join(argv[:2])}\n\n{_usage(prefix)}", file=sys.stderr)
     return 2
+
+
+def parse_flags(cls: type[T], argv: list[str], prog: str) -> T:
+    """``tyro.cli`` over the dataclass ``cls``, except that an error its ``__post_init__`` raises
+    reaches :func:`main` (one line, exit 2) instead of tyro's usage box."""
+    import tyro
+
+    def command(args: Any) -> Any:
+        return args
+
+    # tyro leaves errors of a function's body alone, and names no prefix for a flattened field
+    command.__annotations__ = {"args": Annotated[cls, tyro.conf.arg(name="")], "return": cls}
+    command.__doc__ = cls.__doc__
+    return tyro.cli(command, args=argv, prog=prog)
 
 
 def one_line(exc: BaseException) -> str:

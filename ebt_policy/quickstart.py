@@ -328,10 +328,11 @@ def results_table(res: QuickstartResult) -> Any:
 
 def main(argv: list[str]) -> int:
     """Entry point of `ebt-policy quickstart`."""
-    import tyro
     from rich.console import Console
 
-    args = tyro.cli(QuickstartArgs, args=argv, prog="ebt-policy quickstart")
+    from ebt_policy.cli import parse_flags
+
+    args = parse_flags(QuickstartArgs, argv, "ebt-policy quickstart")
     console = Console()
     res = run_quickstart(args, console)
     console.print(results_table(res))

@@ -31,10 +31,11 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def collect_main(argv: list[str]) -> int:
     """Entry point of `ebt-policy collect`."""
-    import tyro
     from rich.console import Console
 
-    cfg = tyro.cli(CollectArgs, args=argv, prog="ebt-policy collect")
+    from ebt_policy.cli import parse_flags
+
+    cfg = parse_flags(CollectArgs, argv, "ebt-policy collect")
     check_output_path(cfg.out, "store", "--out")
     # SIGTERM stops like Ctrl-C: workers are shut down; every committed episode stays, and a
     # rerun resumes (a SIGKILL is safe too, it only skips the clean shutdown)
@@ -163,10 +164,11 @@ def result_table(result: Any) -> Any:
 
 def eval_main(argv: list[str]) -> int:
     """Entry point of `ebt-policy eval`."""
-    import tyro
     from rich.console import Console
 
-    args = tyro.cli(EvalArgs, args=argv, prog="ebt-policy eval")
+    from ebt_policy.cli import parse_flags
+
+    args = parse_flags(EvalArgs, argv, "ebt-policy eval")
     # everything that can be refused is refused before the checkpoint loads and the envs start
     device = resolve_device(args.device)
     check_output_path(args.json, "file", "--json")
