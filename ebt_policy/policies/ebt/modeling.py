@@ -268,20 +268,12 @@ class EBTPolicy(nn.Module, Policy):
     ) -> tuple[int | None, float | None]:
         """Per-call stopping-rule overrides, checked as the config checks its own (ConfigError
         naming the field: steps a positive int, min_grad a number >= 0, NaN refused)."""
-        if descent_steps is None and descent_min_grad is None:
-            return None, None
-        descent = self.config.descent
-        checked = dataclasses.replace(
-            descent,
-            descent_steps=descent.descent_steps if descent_steps is None else descent_steps,
-            descent_min_grad=(
-                descent.descent_min_grad if descent_min_grad is None else descent_min_grad
-            ),
-        )
-        return (
-            None if descent_steps is None else checked.descent_steps,
-            None if descent_min_grad is None else checked.descent_min_grad,
-        )
+        given = {"descent_steps": descent_steps, "descent_min_grad": descent_min_grad}
+        given = {name: value for name, value in given.items() if value is not None}
+        checked = dataclasses.replace(self.config.descent, **given) if given else None
+        steps = checked.descent_steps if "descent_steps" in given else None
+        min_grad = checked.descent_min_grad if "descent_min_grad" in given else None
+        return steps, min_grad
 
     def predict_chunk(
         self,
