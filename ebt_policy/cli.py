@@ -3,13 +3,23 @@
 Each subcommand lives next to the code it drives and is imported only when called, so
 `ebt-policy dataset info` does not pay for importing MuJoCo or torch models. A leaf command is a
 function ``main(argv: list[str]) -> int | None`` (usually a thin `tyro.cli` over a dataclass).
-Errors derived from :class:`ebt_policy.errors.EbtPolicyError` are printed as one line, no traceback.
+
+Exit codes: 0 done; 2 a user error (any :class:`ebt_policy.errors.EbtPolicyError`, printed as one
+line ``error: <file/key/value>: <what was expected>``, no traceback); 1 a bug (the traceback, then
+a line asking to report it); 130 stopped by Ctrl-C (SIGINT) and 143 by SIGTERM, after the clean
+stop the command documents. A closed output pipe (``ebt-policy dataset info --json | head``) ends
+the command quietly.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
+from typing import Annotated, Any, TypeVar
+
+T = TypeVar("T")
 
 # command words -> "module:function". Only commands that exist are listed here.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -47,9 +57,7 @@ def _usage(prefix: tuple[str, ...] = ()) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `ebt-policy` console script."""
-    from ebt_policy.errors import EbtPolicyError
-
+    """Entry point of the `ebt-policy` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -63,21 +71,64 @@ def main(argv: list[str] | None = None) -> int:
     for n in range(min(len(argv), 3), 0, -1):
         words = tuple(argv[:n])
         if words in COMMANDS:
-            target = COMMANDS[words][0]
-            module_name, func_name = target.split(":")
-            func = getattr(importlib.import_module(module_name), func_name)
-            try:
-                ret = func(argv[n:])
-            except EbtPolicyError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            except KeyboardInterrupt:
-                print("interrupted", file=sys.stderr)
-                return 130
-            return int(ret or 0)
+            return _run(COMMANDS[words][0], argv[n:])
     prefix = tuple(w for w in argv[:1] if any(k[0] == w for k in COMMANDS))
     print(f"error: unknown command: {' '.join(argv[:2])}\n\n{_usage(prefix)}", file=sys.stderr)
     return 2
+
+
+def parse_flags(cls: type[T], argv: list[str], prog: str) -> T:
+    """``tyro.cli`` over the dataclass ``cls``, except that an error its ``__post_init__`` raises
+    reaches :func:`main` (one line, exit 2) instead of tyro's usage box."""
+    import tyro
+
+    def command(args: Any) -> Any:
+        return args
+
+    # tyro leaves errors of a function's body alone, and names no prefix for a flattened field
+    command.__annotations__ = {"args": Annotated[cls, tyro.conf.arg(name="")], "return": cls}
+    command.__doc__ = cls.__doc__
+    return tyro.cli(command, args=argv, prog=prog)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (a multi-line message is joined with "; ")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
+
+
+def _run(target: str, argv: list[str]) -> int:
+    """Run the leaf command ``module:function`` on ``argv`` and map its outcome to an exit code."""
+    from ebt_policy.errors import EbtPolicyError
+
+    try:
+        module_name, func_name = target.split(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+        ret = func(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return int(ret or 0)
+    except EbtPolicyError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # the reader went away (`| head`): nothing left to say; stop Python's flush at exit
+        # from complaining about it too
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool killed by the pipe
+    except KeyboardInterrupt as exc:
+        code = int(getattr(exc, "exit_code", 130))
+        print("terminated" if code == 143 else "interrupted", file=sys.stderr)
+        return code
+    except Exception:
+        traceback.print_exc()
+        print(
+            "error: this is a bug in ebt-policy, not in your input; please report it with the "
+            "command line and the traceback above",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

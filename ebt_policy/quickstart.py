@@ -3,7 +3,9 @@
 Collect scripted-expert demonstrations -> train EBT-Policy for a bounded time -> evaluate it over
 seeded MuJoCo episodes -> print one table. Every stage reuses what an earlier run left in ``--out``
 (the episode store resumes, a finished checkpoint is reused, an unfinished one is resumed), so an
-interrupted quickstart continues where it stopped; ``--fresh`` starts over.
+interrupted quickstart continues where it stopped; ``--fresh`` starts over (it removes only what
+a quickstart writes, and refuses an ``--out`` holding anything else). Every argument is checked
+before anything is written.
 
 The defaults (100 low-dim Lift demonstrations, the MLP energy, 5,000 training steps, about two
 minutes on a 2-core CPU, capped at five, planning with 3 descent steps) are sized so the command,
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ebt_policy.errors import ConfigError
+
+# What a quickstart writes into --out (atomic writes add hidden ".<name>..." temporaries).
+OWN_ENTRIES = ("demos.zarr", "run", "eval.json", "videos", "quickstart.json")
 
 
 @dataclass
@@ -69,6 +74,8 @@ class QuickstartArgs:
                 )
         if self.minutes <= 0:
             raise ConfigError(f"--minutes: expected > 0, got {self.minutes}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size: expected >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -135,6 +142,51 @@ def _train_seconds(run_dir: Path) -> float:
     return total
 
 
+def check_arguments(args: QuickstartArgs) -> Any:
+    """Refuse what the later stages would refuse (task, preset, device, --out), before anything
+    is written; returns the torch device. Errors are one line naming the flag."""
+    from ebt_policy.envs import get_task
+    from ebt_policy.policies import get_preset
+    from ebt_policy.utils import resolve_device
+    from ebt_policy.utils.paths import check_output_path
+
+    get_task(args.task)
+    get_preset("ebt", args.preset)
+    device = resolve_device(args.device)
+    check_output_path(args.out, "dir", "--out")
+    return device
+
+
+def _is_own(name: str) -> bool:
+    """True for an entry a quickstart writes, or a temporary of one (``.eval.json.x.tmp``)."""
+    return name in OWN_ENTRIES or any(name.startswith(f".{own}.") for own in OWN_ENTRIES)
+
+
+def remove_own_outputs(out: Path) -> None:
+    """``--fresh``: delete what a quickstart wrote into ``out``, and nothing else.
+
+    Raises:
+        ConfigError: ``out`` holds entries a quickstart does not write (nothing is removed).
+    """
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    foreign = [name for name in entries if not _is_own(name)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)})" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"--out {out}: --fresh deletes only what a quickstart writes "
+            f"({', '.join(OWN_ENTRIES)}) but it also holds {shown}; move those or choose "
+            "another --out"
+        )
+    for name in entries:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> QuickstartResult:
     """Run (or continue) the quickstart pipeline and return its numbers."""
     from rich.console import Console
@@ -144,12 +196,13 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
     from ebt_policy.envs.collect import CollectConfig, collect
     from ebt_policy.envs.runner import EvalConfig, evaluate
     from ebt_policy.training import TrainConfig, train
-    from ebt_policy.utils import resolve_device, write_json_atomic
+    from ebt_policy.utils import write_json_atomic
 
     console = console or Console()
+    device = check_arguments(args)
     out = Path(args.out)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
+    if args.fresh:
+        remove_own_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     demos_path, run_dir = out / "demos.zarr", out / "run"
 
@@ -198,7 +251,7 @@ def run_quickstart(args: QuickstartArgs, console: Any | None = None) -> Quicksta
 
     # 3. evaluation on seeds the demos never used
     console.rule(f"3/3 evaluate over {args.eval_episodes} seeded episodes")
-    policy = load_policy(run_dir, device=resolve_device(args.device))  # as training resolves it
+    policy = load_policy(run_dir, device=device)  # as training resolves it
     if args.descent_steps is not None:
         policy.set_inference(descent_steps=args.descent_steps)
     t0 = time.perf_counter()
@@ -275,10 +328,11 @@ def results_table(res: QuickstartResult) -> Any:
 
 def main(argv: list[str]) -> int:
     """Entry point of `ebt-policy quickstart`."""
-    import tyro
     from rich.console import Console
 
-    args = tyro.cli(QuickstartArgs, args=argv, prog="ebt-policy quickstart")
+    from ebt_policy.cli import parse_flags
+
+    args = parse_flags(QuickstartArgs, argv, "ebt-policy quickstart")
     console = Console()
     res = run_quickstart(args, console)
     console.print(results_table(res))

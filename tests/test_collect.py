@@ -94,7 +94,7 @@ def test_killed_collect_resumes_to_n_without_duplicates(tmp_path: Path, sig: int
         proc.send_signal(sig)
     finally:
         code = proc.wait(timeout=30)
-    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 143)  # 128 + SIGTERM
     partial = EpisodeStore.open(out, check_values=False).n_episodes
     assert 3 <= partial < n
 

@@ -109,6 +109,8 @@ class EpisodeStore:
         """
         path = os.fspath(path)
         meta = metadata_for_create(path, metadata)
+        if is_local(path) and local_path(path).endswith(".zip"):  # before anything is written
+            raise DatasetError(f"{path}: .zip stores are read-only; write a directory and zip it")
         if is_local(path):
             create_local(path, meta, overwrite)
             return cls.open(path, "a", check_values=False)

@@ -12,8 +12,9 @@ import numpy as np
 
 from ebt_policy.envs.collect import CollectConfig, collect
 from ebt_policy.envs.results import CollectSummary
-from ebt_policy.errors import CheckpointError, ConfigError
-from ebt_policy.utils import default_mujoco_gl
+from ebt_policy.errors import CheckpointError, ConfigError, Interrupted
+from ebt_policy.utils import default_mujoco_gl, resolve_device
+from ebt_policy.utils.paths import check_output_path
 
 
 @dataclass
@@ -25,15 +26,17 @@ class CollectArgs(CollectConfig):
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted(signum)  # the CLI exits 128 + signum (143 for SIGTERM)
 
 
 def collect_main(argv: list[str]) -> int:
     """Entry point of `ebt-policy collect`."""
-    import tyro
     from rich.console import Console
 
-    cfg = tyro.cli(CollectArgs, args=argv, prog="ebt-policy collect")
+    from ebt_policy.cli import parse_flags
+
+    cfg = parse_flags(CollectArgs, argv, "ebt-policy collect")
+    check_output_path(cfg.out, "store", "--out")
     # SIGTERM stops like Ctrl-C: workers are shut down; every committed episode stays, and a
     # rerun resumes (a SIGKILL is safe too, it only skips the clean shutdown)
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -161,15 +164,23 @@ def result_table(result: Any) -> Any:
 
 def eval_main(argv: list[str]) -> int:
     """Entry point of `ebt-policy eval`."""
-    import tyro
     from rich.console import Console
 
-    args = tyro.cli(EvalArgs, args=argv, prog="ebt-policy eval")
+    from ebt_policy.cli import parse_flags
+
+    args = parse_flags(EvalArgs, argv, "ebt-policy eval")
+    # everything that can be refused is refused before the checkpoint loads and the envs start
+    device = resolve_device(args.device)
+    check_output_path(args.json, "file", "--json")
+    check_output_path(args.videos, "dir", "--videos")
     default_mujoco_gl()
     from ebt_policy import load_policy
+    from ebt_policy.envs import get_task
     from ebt_policy.envs.runner import EvalConfig, evaluate
 
-    policy = load_policy(args.checkpoint, device=args.device)
+    if args.task is not None:
+        get_task(args.task)  # TaskError naming the known tasks
+    policy = load_policy(args.checkpoint, device=device)
     if args.descent_steps is not None or args.descent_min_grad is not None:
         if not hasattr(policy, "set_inference"):
             raise ConfigError(

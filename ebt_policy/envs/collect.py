@@ -35,6 +35,7 @@ from ebt_policy.envs.collect_workers import (
 from ebt_policy.envs.results import CollectSummary, EpisodeAttempt
 from ebt_policy.errors import ConfigError, DatasetError
 from ebt_policy.utils import default_mujoco_gl, progress_bar
+from ebt_policy.utils.paths import check_output_path
 
 __all__ = [
     "CollectConfig",
@@ -161,6 +162,7 @@ def collect(config: CollectConfig) -> CollectSummary:
     task, episodes, keep_failures = cfg.task, cfg.episodes, bool(cfg.keep_failures)
     get_task(task)  # TaskError for unknown names before anything is created
     out = os.fspath(cfg.out)
+    check_output_path(out, "store", "CollectConfig.out")
     env_kwargs: dict[str, Any] = {"images": bool(cfg.images), "render_size": int(cfg.render_size)}
     if cfg.images:
         default_mujoco_gl()

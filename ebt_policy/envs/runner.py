@@ -32,6 +32,7 @@ from ebt_policy.errors import ConfigError, TaskError
 from ebt_policy.policies.base import Policy
 from ebt_policy.rollout import ChunkRecord, Plan, RolloutExecutor
 from ebt_policy.utils import default_mujoco_gl, progress_bar
+from ebt_policy.utils.paths import check_output_path
 
 __all__ = ["ChunkRecord", "EpisodeRecord", "EvalConfig", "EvalResult", "evaluate"]
 
@@ -166,6 +167,8 @@ def evaluate(policy: Policy, config: EvalConfig) -> EvalResult:
         An :class:`EvalResult`; per-episode records are ordered by episode index.
     """
     cfg = config
+    check_output_path(cfg.json_path, "file", "EvalConfig.json_path")
+    check_output_path(cfg.video_dir, "dir", "EvalConfig.video_dir")
     if int(policy.n_obs_steps) < 1:
         raise ConfigError(f"evaluate: policy.n_obs_steps must be >= 1, got {policy.n_obs_steps}")
     from ebt_policy.envs import get_task

@@ -29,8 +29,13 @@ import torch
 from ebt_policy.errors import CheckpointError, ConfigError
 from ebt_policy.models.shapes import ShapeMeta
 from ebt_policy.policies.factory import make_policy, policy_config_from_dict
-from ebt_policy.policies.schema import FORMAT_VERSION, upgrade_checkpoint_config
-from ebt_policy.utils import atomic_directory, write_json_atomic
+from ebt_policy.policies.schema import (
+    FORMAT_VERSION,
+    check_checkpoint_config,
+    upgrade_checkpoint_config,
+)
+from ebt_policy.policies.validation import check_complete
+from ebt_policy.utils import atomic_directory, resolve_device, write_json_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -126,20 +131,19 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     config_path = directory / CONFIG_NAME
     if not config_path.exists():
         raise CheckpointError(f"{config_path}: missing")
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: expected a file, got a directory")
     try:
         with open(config_path) as f:
             config = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{config_path}: not valid JSON (truncated?): {exc}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{config_path}: unreadable: {exc.strerror or exc}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object")
     config = upgrade_checkpoint_config(config, str(config_path))
-    for key in ("policy", "shape_meta"):
-        if key not in config:
-            raise CheckpointError(f"{config_path}: missing key '{key}'")
-    policy = config["policy"]
-    if not isinstance(policy, dict) or "name" not in policy or "config" not in policy:
-        raise CheckpointError(f"{config_path}: 'policy' must hold 'name' and 'config'")
+    check_checkpoint_config(config, str(config_path))
     return config
 
 
@@ -147,6 +151,7 @@ def _build_policy(config: dict[str, Any], config_path: Path) -> torch.nn.Module:
     policy_cfg_dict = dict(config["policy"]["config"])
     try:
         policy_cfg = policy_config_from_dict(policy_cfg_dict)
+        check_complete(policy_cfg, policy_cfg_dict, "policy.config")
     except (ConfigError, TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(
             f"{config_path}: policy config does not match this code: {exc}"
@@ -174,15 +179,18 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    device = resolve_device(device)  # ConfigError for unknown devices and CUDA without CUDA
     directory = resolve_checkpoint_dir(path)
     config = read_checkpoint_config(directory)
     policy = _build_policy(config, directory / CONFIG_NAME)
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.exists():
         raise CheckpointError(f"{weights_path}: missing")
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: expected a file, got a directory")
     try:
         missing, unexpected = load_model(policy, str(weights_path), strict=False)
-    except SafetensorError as exc:
+    except (SafetensorError, OSError) as exc:
         raise CheckpointError(
             f"{weights_path}: unreadable (truncated or corrupt?): {exc}"
         ) from None

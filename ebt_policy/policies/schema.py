@@ -94,3 +94,85 @@ def upgrade_checkpoint_config(config: dict[str, Any], where: str) -> dict[str, A
     while config["format_version"] < FORMAT_VERSION:
         config = UPGRADES[config["format_version"]](config)
     return config
+
+
+# Every key a current config.json holds: a checkpoint says everything it needs, and nothing is
+# filled in from today's defaults (an older layout is brought up to date by UPGRADES above).
+REQUIRED_KEYS = (
+    "format_version",
+    "policy",
+    "shape_meta",
+    "dataset_metadata",
+    "train_config",
+    "step",
+)
+
+
+def _expect(ok: bool, where: str, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        text = repr(value)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        raise CheckpointError(f"{where}: key {key!r}: expected {expected}, got {text}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_checkpoint_config(config: dict[str, Any], where: str) -> None:
+    """CheckpointError naming ``where`` and the key when a current-version ``config.json`` lacks
+    a key or holds a value of the wrong type (the policy config's own fields are checked when the
+    policy config is built from it)."""
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise CheckpointError(
+            f"{where}: missing key(s) {missing} (a checkpoint lists everything it was built with)"
+        )
+    policy = config["policy"]
+    _expect(isinstance(policy, dict), where, "policy", "an object {name, config}", policy)
+    for key in ("name", "config"):
+        if key not in policy:
+            raise CheckpointError(f"{where}: key 'policy' lacks {key!r}")
+    _expect(isinstance(policy["name"], str), where, "policy.name", "a string", policy["name"])
+    _expect(
+        isinstance(policy["config"], dict), where, "policy.config", "an object", policy["config"]
+    )
+    for key in ("shape_meta", "dataset_metadata", "train_config"):
+        _expect(isinstance(config[key], dict), where, key, "an object", config[key])
+    step = config["step"]
+    _expect(
+        step is None or (_is_int(step) and step >= 0),
+        where,
+        "step",
+        "null or an integer >= 0",
+        step,
+    )
+    task = config["dataset_metadata"].get("task")
+    if task is None:
+        return
+    _expect(isinstance(task, dict), where, "dataset_metadata.task", "an object", task)
+    if "name" in task:
+        _expect(
+            isinstance(task["name"], str),
+            where,
+            "dataset_metadata.task.name",
+            "a string",
+            task["name"],
+        )
+    kwargs = task.get("env_kwargs", {})
+    _expect(
+        isinstance(kwargs, dict), where, "dataset_metadata.task.env_kwargs", "an object", kwargs
+    )
+    if "render_size" in kwargs:
+        size = kwargs["render_size"]
+        ok = _is_int(size) and size >= 1
+        _expect(ok, where, "dataset_metadata.task.env_kwargs.render_size", "an integer >= 1", size)
+    if "images" in kwargs:
+        images = kwargs["images"]
+        _expect(
+            isinstance(images, bool),
+            where,
+            "dataset_metadata.task.env_kwargs.images",
+            "true or false",
+            images,
+        )

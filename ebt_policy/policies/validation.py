@@ -84,3 +84,22 @@ def replace_fields(cfg: Any, overrides: Mapping[str, Any], where: str) -> Any:
             value = replace_fields(current, value, f"{where}.{key}")
         resolved[key] = value
     return dataclasses.replace(cfg, **resolved)
+
+
+def check_complete(cfg: Any, given: Mapping[str, Any], where: str) -> None:
+    """ConfigError naming the fields of dataclass ``cfg`` that the mapping it was built from
+    (e.g. a checkpoint's ``policy.config``) does not list, nested configs included: a saved
+    config must not silently take today's defaults."""
+    missing = []
+    for f in dataclasses.fields(cfg):
+        if f.name not in given:
+            missing.append(f.name)
+            continue
+        value, sub = getattr(cfg, f.name), given[f.name]
+        if dataclasses.is_dataclass(value) and isinstance(sub, Mapping):
+            check_complete(value, sub, f"{where}.{f.name}")
+    if missing:
+        raise ConfigError(
+            f"{where}: lacks field(s) {missing} (a saved config lists every field; convert "
+            "older layouts with policies/schema.py)"
+        )

@@ -52,6 +52,7 @@ def main(argv: list[str]) -> int:
     from ebt_policy.errors import ConfigError
     from ebt_policy.policies import make_policy_config
     from ebt_policy.training.loop import train
+    from ebt_policy.utils.paths import check_output_path
 
     policy_name = _prescan(argv, "--policy", "ebt")
     preset = _prescan(argv, "--preset", "tiny")
@@ -76,5 +77,6 @@ def main(argv: list[str]) -> int:
         )
 
     cfg = tyro.cli(command, args=argv, prog="ebt-policy train", description=__doc__)
+    check_output_path(cfg.out, "dir", "--out")  # before the store is read and the model built
     train(cfg)
     return 0

@@ -26,7 +26,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
-from ebt_policy.errors import ConfigError
+from ebt_policy.errors import ConfigError, NumericalError
 from ebt_policy.training import resume
 from ebt_policy.training.config import TrainConfig
 from ebt_policy.training.data import (
@@ -46,6 +46,7 @@ from ebt_policy.training.metrics import LogWindow, MetricsLog, scalar
 from ebt_policy.training.optim import make_ema, make_optimizer, make_scheduler
 from ebt_policy.training.stop import StopRequest
 from ebt_policy.utils import progress_bar, resolve_device, write_json_atomic
+from ebt_policy.utils.paths import check_output_path
 
 
 def train_step(
@@ -70,14 +71,14 @@ def train_step(
         Scalars for logging: loss, grad_norm, lr (the rate this step used) and the policy's metrics.
 
     Raises:
-        FloatingPointError: the loss is NaN or infinite (nothing is updated).
+        NumericalError: the loss is NaN or infinite (nothing is updated).
     """
     optimizer.zero_grad(set_to_none=True)
     with autocast:
         # EBT's loss differentiates through energy-descent steps (second-order gradients)
         loss, metrics = model(batch)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss.item()} (not finite)")
+        raise NumericalError(f"training loss is {loss.item()} (not finite)")
     loss.backward()
     params = [p for p in raw_policy.parameters() if p.grad is not None]
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -143,6 +144,7 @@ def train(cfg: TrainConfig) -> Path:
     warmup_explicit = cfg.warmup_steps is not None
     cfg = cfg.resolved()
     device = resolve_device(cfg.device, local_rank=dist_info.local_rank)
+    check_output_path(cfg.out, "dir", "TrainConfig.out")
     # on any exit: restore the signal handlers, close the metrics log, leave the process group
     cleanup = contextlib.ExitStack()
     with cleanup:
@@ -237,9 +239,13 @@ def train(cfg: TrainConfig) -> Path:
             while not stop:
                 epoch, batch_in_epoch, batch = next(batches)
                 batch = to_device(batch, device)
-                out = train_step(
-                    loss_model, batch, optimizer, trainee.scheduler, ema, policy, cfg, autocast
-                )
+                try:
+                    out = train_step(
+                        loss_model, batch, optimizer, trainee.scheduler, ema, policy, cfg, autocast
+                    )
+                except NumericalError as exc:  # name the training step (lr too high? NaN data?)
+                    exc.args = (f"training step {step + 1}: {exc}",)
+                    raise
                 step += 1
                 window.add(out["loss"])
                 stop = any_rank(stop_request.wanted(), dist_info, device) or step >= cfg.steps

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ebt_policy.errors import ConfigError
+from ebt_policy.errors import ConfigError, NumericalError
 from ebt_policy.policies.ebt.objectives import OBJECTIVES, step_loss
 from ebt_policy.policies.validation import check_types, require
 
@@ -37,8 +37,9 @@ RMS_NORM_MODES = ("sample", "batch", "none")
 STEP_SCALES = ("exp_energy", "fixed")
 
 
-class NonFiniteEnergyError(FloatingPointError):
-    """The energy or its gradient became NaN/Inf during descent (``step`` is 0-based)."""
+class NonFiniteEnergyError(NumericalError):
+    """The energy or its gradient became NaN/Inf during descent (``step`` is 0-based); a
+    FloatingPointError and an EbtPolicyError (the CLI prints it as one line)."""
 
     def __init__(self, step: int, n_steps: int, phase: str) -> None:
         super().__init__(

@@ -219,16 +219,25 @@ class EBTPolicy(nn.Module, Policy):
         noise = [torch.randn(shape, generator=self._row_generators.get(r)) for r in rows]
         return torch.stack(noise).to(self.device)
 
-    def _obs_to_tensors(self, obs_window: dict[str, np.ndarray]) -> dict[str, Tensor]:
+    def _obs_to_tensors(self, obs_window: Any) -> dict[str, Tensor]:
+        """Check ``obs_window`` (EbtPolicyError naming the key and what was expected) and move it
+        to the policy's device, low-dim keys reshaped to their per-frame shapes."""
+        keys = self.low_dim_keys + self.rgb_keys
+        if not isinstance(obs_window, Mapping):
+            raise EbtPolicyError(
+                f"obs_window: expected a dict of key -> array (B, {self.n_obs_steps}, ...) with "
+                f"keys {keys}, got {type(obs_window).__name__}"
+            )
         dev = self.device
         out = {}
-        for key in self.low_dim_keys + self.rgb_keys:
+        batch: tuple[str, int] | None = None  # the first key's batch size
+        for key in keys:
             if key not in obs_window:
                 raise EbtPolicyError(
                     f"observation lacks key {key!r} (policy keys: "
-                    f"{self.low_dim_keys + self.rgb_keys}, got {sorted(obs_window)})"
+                    f"{keys}, got {sorted(map(str, obs_window))})"
                 )
-            arr = np.asarray(obs_window[key])
+            arr = _numeric_array(key, obs_window[key])
             per_frame = self._low_dim_shapes.get(key)
             if per_frame is None:
                 C, H, W = self._rgb_shapes[key]
@@ -249,12 +258,33 @@ class EBTPolicy(nn.Module, Policy):
                 raise EbtPolicyError(
                     f"observation {key!r} has shape {arr.shape}; expected {expect}"
                 )
+            if arr.shape[0] == 0:
+                raise EbtPolicyError(f"observation {key!r} has batch size 0; expected at least 1")
+            if batch is None:
+                batch = (key, arr.shape[0])
+            elif arr.shape[0] != batch[1]:
+                raise EbtPolicyError(
+                    f"observation {key!r} has batch size {arr.shape[0]} but {batch[0]!r} has "
+                    f"{batch[1]}; every key needs the same batch size"
+                )
             if per_frame is not None:
                 if not np.isfinite(arr).all():
                     raise EbtPolicyError(f"observation {key!r} contains NaN or Inf")
                 arr = arr.reshape(arr.shape[0], self.n_obs_steps, *per_frame)
             out[key] = torch.from_numpy(np.ascontiguousarray(arr)).to(dev)
         return out
+
+    def _stopping_rule(
+        self, descent_steps: Any, descent_min_grad: Any
+    ) -> tuple[int | None, float | None]:
+        """Per-call stopping-rule overrides, checked as the config checks its own (ConfigError
+        naming the field: steps a positive int, min_grad a number >= 0, NaN refused)."""
+        given = {"descent_steps": descent_steps, "descent_min_grad": descent_min_grad}
+        given = {name: value for name, value in given.items() if value is not None}
+        checked = dataclasses.replace(self.config.descent, **given) if given else None
+        steps = checked.descent_steps if "descent_steps" in given else None
+        min_grad = checked.descent_min_grad if "descent_min_grad" in given else None
+        return steps, min_grad
 
     def predict_chunk(
         self,
@@ -277,6 +307,7 @@ class EBTPolicy(nn.Module, Policy):
             init_chunk: start from this normalised chunk (B, Tp, Da) instead of noise.
         """
         t0 = time.perf_counter()
+        descent_steps, descent_min_grad = self._stopping_rule(descent_steps, descent_min_grad)
         obs = self._obs_to_tensors(obs_window)
         B = next(iter(obs.values())).shape[0]
         with torch.no_grad():
@@ -309,3 +340,19 @@ class EBTPolicy(nn.Module, Policy):
             grad_norm=result.grad_norm.cpu().numpy(),
             latency_s=time.perf_counter() - t0,
         )
+
+
+def _numeric_array(key: str, value: Any) -> np.ndarray:
+    """``value`` as a numeric numpy array (EbtPolicyError naming ``key`` otherwise)."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise EbtPolicyError(f"observation {key!r}: not an array ({exc})") from None
+    if arr.dtype.kind not in "fiub":
+        raise EbtPolicyError(
+            f"observation {key!r} has dtype {arr.dtype}; expected numbers (float32, or uint8 "
+            "for images)"
+        )
+    return arr
