@@ -9,6 +9,9 @@ Versions:
        rule as ``max_steps`` / ``min_grad``.
     2. The EBT config nests its ``descent`` (a DescentConfig), the stopping rule named
        ``descent_steps`` / ``descent_min_grad``; the train config's ``policy_overrides`` likewise.
+    3. The EBT descent names its training objective and step rule (``objective``,
+       ``energy_score_beta``, ``eqm_weight``, ``step_scale``, ``descent_min_disp``); every earlier
+       checkpoint was trained with the reference recipe, whose values the converter writes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from ebt_policy.errors import CheckpointError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # The descent fields of a version-1 EBT config, with their version-2 names inside "descent".
 _V1_DESCENT_FIELDS = {
@@ -71,8 +74,34 @@ def _v1_to_v2(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+# What every version-2 EBT policy ran with: the reference objective and step rule.
+_V2_REFERENCE_OBJECTIVE = {
+    "objective": "mse",
+    "energy_score_beta": 1.0,
+    "eqm_weight": 0.0,
+    "step_scale": "exp_energy",
+    "descent_min_disp": 0.0,
+}
+
+
+def _v2_to_v3(config: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 -> 3: an EBT descent without objective fields was the reference recipe."""
+    policy = config.get("policy")
+    if isinstance(policy, dict) and policy.get("name") == "ebt":
+        descent = (
+            (policy.get("config") or {}).get("descent")
+            if isinstance(policy.get("config"), dict)
+            else None
+        )
+        if isinstance(descent, dict):
+            for key, value in _V2_REFERENCE_OBJECTIVE.items():
+                descent.setdefault(key, value)
+    config["format_version"] = 3
+    return config
+
+
 # format version N -> the converter to version N + 1
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade_checkpoint_config(config: dict[str, Any], where: str) -> dict[str, Any]:
