@@ -31,8 +31,10 @@ from ebt_policy.policies.factory import (
     policy_names,
     register_policy,
 )
+from ebt_policy.policies.mse import MSE_PRESETS, MSEPolicy, MSEPolicyConfig
 
 register_policy("ebt", EBTPolicyConfig, EBTPolicy, EBT_PRESETS)
+register_policy("mse", MSEPolicyConfig, MSEPolicy, MSE_PRESETS)
 
 __all__ = [
     "ChunkPrediction",
