@@ -31,9 +31,9 @@ ACTION_KEY = "action"
 
 @dataclass
 class ChunkPolicyConfig:
-    """Fields every baseline has: window sizes, the transformer width and the image encoder.
+    """Fields every baseline has: window sizes and the image encoder (as in EBTPolicyConfig).
 
-    Subclasses set ``name`` and add their own fields; sizes mirror :class:`EBTPolicyConfig`'s.
+    Subclasses set ``name`` and add their own fields.
     """
 
     name: str = "chunk"
@@ -41,13 +41,6 @@ class ChunkPolicyConfig:
     n_obs_steps: int = 2  # To
     horizon: int = 16  # Tp, the chunk length
     n_action_steps: int = 8  # Ta
-    d_model: int = 64
-    n_heads: int = 4
-    n_obs_layers: int = 1  # observation temporal encoder blocks
-    n_layers: int = 2  # blocks that turn observation tokens into the chunk
-    ffn_mult: int = 4
-    mlp_hidden: int = 256  # MLP backbone: width and number of SiLU hidden layers
-    mlp_layers: int = 3
     image_feature_dim: int = 64
     resnet_width: int = 64  # 64 = the real ResNet-18
     n_keypoints: int = 32
@@ -70,14 +63,6 @@ class ChunkPolicyConfig:
             f"n_action_steps must be in [1, horizon - n_obs_steps + 1] = "
             f"[1, {self.horizon - self.n_obs_steps + 1}], got {self.n_action_steps}",
         )
-        for key in ("d_model", "n_heads", "ffn_mult", "mlp_hidden", "mlp_layers"):
-            need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("n_obs_layers", "n_layers"):
-            need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
-        need(
-            self.d_model % self.n_heads == 0,
-            f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})",
-        )
         for key in ("image_feature_dim", "resnet_width", "n_keypoints"):
             need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
         need(
@@ -85,6 +70,34 @@ class ChunkPolicyConfig:
             f"crop_fraction must be in (0, 1], got {self.crop_fraction}",
         )
         need(self.color_jitter >= 0, f"color_jitter must be >= 0, got {self.color_jitter}")
+
+
+@dataclass
+class BackboneConfig(ChunkPolicyConfig):
+    """A chunk-policy config with EBT's two backbones: a transformer or an MLP (same sizes as
+    EBTPolicyConfig's, ``n_layers`` playing ``n_energy_layers``)."""
+
+    d_model: int = 64
+    n_heads: int = 4
+    n_obs_layers: int = 1  # observation temporal encoder blocks
+    n_layers: int = 2  # blocks that turn observation tokens into the chunk
+    ffn_mult: int = 4
+    mlp_hidden: int = 256  # MLP backbone: width and number of SiLU hidden layers
+    mlp_layers: int = 3
+
+    def check_backbone(self, name: str) -> None:
+        """Validate the shared and the backbone fields (ConfigError naming the field)."""
+        self.check_common(name)
+        where = f"{name} policy config"
+        for key in ("d_model", "n_heads", "ffn_mult", "mlp_hidden", "mlp_layers"):
+            require(getattr(self, key) >= 1, where, f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("n_obs_layers", "n_layers"):
+            require(getattr(self, key) >= 0, where, f"{key} must be >= 0, got {getattr(self, key)}")
+        require(
+            self.d_model % self.n_heads == 0,
+            where,
+            f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})",
+        )
 
 
 class ObsTokenEncoder(nn.Module):

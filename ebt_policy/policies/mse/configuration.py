@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ebt_policy.policies.chunk_policy import ChunkPolicyConfig
+from ebt_policy.policies.chunk_policy import BackboneConfig
 from ebt_policy.policies.validation import require
 
 BACKBONES = ("transformer", "mlp")
 
 
 @dataclass
-class MSEPolicyConfig(ChunkPolicyConfig):
+class MSEPolicyConfig(BackboneConfig):
     """The MSE baseline: EBT's observation side and sizes, a decoder instead of an energy.
 
     ``backbone="transformer"``: one learned query token per action, ``n_layers`` blocks of
@@ -24,7 +24,7 @@ class MSEPolicyConfig(ChunkPolicyConfig):
     backbone: str = "transformer"  # "transformer" | "mlp"
 
     def __post_init__(self) -> None:
-        self.check_common("mse")
+        self.check_backbone("mse")
         require(
             self.backbone in BACKBONES,
             "mse policy config",
