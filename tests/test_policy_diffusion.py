@@ -108,3 +108,38 @@ def test_presets() -> None:
     assert (s.num_train_timesteps, s.beta_schedule, s.prediction_type, s.clip_sample) == (
         100, "squaredcos_cap_v2", "epsilon", True
     )  # fmt: skip
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_loss_curve(
+    toy_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the denoising loss draws noise and timesteps every step: resume must restore that RNG too
+    from ebt_policy.training import TrainConfig, train
+    from ebt_policy.training import loop as train_loop
+
+    def cfg(out: Path, **kw) -> TrainConfig:
+        return TrainConfig(
+            dataset=str(toy_store), out=str(out), policy="diffusion-unet", preset="tiny",
+            policy_overrides={"down_dims": (16, 32)}, steps=12, batch_size=16, device="cpu",
+            log_every=1, save_every=5, val_every=0, progress=False, tensorboard=False, **kw,
+        )  # fmt: skip
+
+    full = train(cfg(tmp_path / "full"))
+    real_step, calls = train_loop.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise Interrupted
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "train_step", crashing_step)
+    with pytest.raises(Interrupted):
+        train(cfg(tmp_path / "resumed"))
+    monkeypatch.setattr(train_loop, "train_step", real_step)
+    resumed = train(cfg(tmp_path / "resumed", resume=True))
+    assert losses(resumed) == losses(full)
