@@ -10,6 +10,7 @@ into a chunk differs, which is what a comparison between them should measure.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from ebt_policy.errors import EbtPolicyError
 from ebt_policy.models import FrameEncoder, Normalizer, ShapeMeta
 from ebt_policy.models.transformer import SelfAttentionBlock
 from ebt_policy.policies.base import ChunkPrediction, Policy
+from ebt_policy.policies.factory import Preset
 from ebt_policy.policies.validation import check_types, require
 
 ACTION_KEY = "action"
@@ -98,6 +100,31 @@ class BackboneConfig(ChunkPolicyConfig):
             where,
             f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})",
         )
+
+
+def ebt_backbone_fields(ebt_config: Any) -> dict[str, Any]:
+    """The :class:`BackboneConfig` fields of an EBT config (``n_layers`` from its
+    ``n_energy_layers``), so a baseline preset is built with exactly EBT's sizes."""
+    names = {f.name for f in dataclasses.fields(BackboneConfig)} - {"name", "preset", "n_layers"}
+    out = {name: getattr(ebt_config, name) for name in sorted(names)}
+    out["n_layers"] = ebt_config.n_energy_layers
+    return out
+
+
+def presets_from_ebt(config_cls: type, kind_field: str) -> dict[str, Preset]:
+    """A baseline's presets with EBT's names, sizes and training recipes; ``kind_field`` (e.g.
+    ``"backbone"``) takes EBT's ``energy`` kind (transformer or mlp)."""
+    from ebt_policy.policies.ebt.presets import EBT_PRESETS
+
+    return {
+        name: Preset(
+            policy=config_cls(
+                preset=name, **{kind_field: ebt.policy.energy}, **ebt_backbone_fields(ebt.policy)
+            ),
+            train=ebt.train,
+        )
+        for name, ebt in EBT_PRESETS.items()
+    }
 
 
 class ObsTokenEncoder(nn.Module):
