@@ -133,10 +133,12 @@ def build_variants(cfg: LatencyConfig) -> tuple[list[Variant], list[str]]:
     ))  # fmt: skip
     for name, short in (("diffusion", "DP-T"), ("diffusion-unet", "DP-UNet")):
         try:
-            get_preset(name, cfg.preset)
+            preset = get_preset(name, cfg.preset)
         except ConfigError:
             skipped.append(f"{short} ({name}): no preset {cfg.preset!r}")
             continue
+        if getattr(preset.policy, "denoiser", None) == "mlp":
+            short = "DP-MLP"  # the mlp preset's denoiser is an MLP, not a transformer
         for sampler, n in (("ddpm", 100), ("ddim", 10)):
             policy = build(name, schedule={"sampler": sampler, "sampler_steps": n})
             label = f"{short} {sampler.upper()}-{n}"
