@@ -3,7 +3,7 @@
 Imports run left to right in the data flow: ``models`` needs nothing of ours but ``errors``;
 ``policies`` builds on ``models``; what runs a policy (``load_policy`` + ``predict_chunk``, the
 coming deploy loop) imports no episode store (zarr, ``ebt_policy.datasets``), no simulator and no
-training code; ``datasets`` imports no policy, env or training code.
+training code, for EBT and for each baseline; ``datasets`` imports no policy, env or training code.
 """
 
 from __future__ import annotations
@@ -51,3 +51,27 @@ def imported(code: str, forbidden: list[str]) -> list[str]:
 def test_import_rule(rule: str) -> None:
     code, forbidden = RULES[rule]
     assert imported(code, forbidden) == [], f"{rule}: imports what it must not"
+
+
+@pytest.mark.parametrize("name", ["mse", "diffusion", "diffusion-unet"])
+def test_running_a_baseline_imports_no_store_sim_or_training(name: str, tmp_path: Path) -> None:
+    from ebt_policy.policies import make_policy, make_policy_config, save_pretrained
+
+    shape_meta = {"obs": {"state": {"shape": [4], "type": "low_dim"}}, "action": {"shape": [2]}}
+    stats = {
+        k: {s: [0.0] * d for s in ("min", "mean", "q01")}
+        | {s: [1.0] * d for s in ("max", "std", "q99")}
+        for k, d in (("state", 4), ("action", 2))
+    }
+    cfg = make_policy_config(
+        name, "tiny", **({"schedule": {"sampler_steps": 2}} if "diffusion" in name else {})
+    )
+    save_pretrained(make_policy(cfg, shape_meta, stats), tmp_path / "ckpt", shape_meta=shape_meta)
+    code = (
+        "import numpy as np; from ebt_policy import load_policy; "
+        f"policy = load_policy({str(tmp_path / 'ckpt')!r}); "
+        "policy.predict_chunk({'state': np.zeros((2, policy.n_obs_steps, 4), np.float32)})"
+    )
+    assert imported(code, RULES["run a policy"][1]) == [], (
+        f"running {name} imports what it must not"
+    )

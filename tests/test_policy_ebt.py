@@ -122,8 +122,8 @@ def test_images_too_small_for_the_trunk_are_a_config_error():
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="huge"):
         make_policy_config("ebt", "huge")
-    with pytest.raises(ConfigError, match="diffusion"):
-        make_policy_config("diffusion", "tiny")
+    with pytest.raises(ConfigError, match="no-such-policy"):
+        make_policy_config("no-such-policy", "tiny")
     with pytest.raises(ConfigError, match="d_modle"):
         make_policy_config("ebt", "tiny", d_modle=32)
     with pytest.raises(ConfigError, match="d_model must be int"):

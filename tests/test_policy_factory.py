@@ -104,8 +104,8 @@ def test_config_errors_name_the_key_and_where_descent_fields_go() -> None:
         make_policy_config("ebt", "tiny", descent={"descent_min_grad": -1.0})
     with pytest.raises(ConfigError, match="descent: must be a DescentConfig or a dict"):
         policy_config_from_dict({"name": "ebt", "descent": 3})
-    with pytest.raises(ConfigError, match="unknown policy 'diffusion'"):
-        policy_config_from_dict({"name": "diffusion"})
+    with pytest.raises(ConfigError, match="unknown policy 'no-such-policy'"):
+        policy_config_from_dict({"name": "no-such-policy"})
 
 
 # ---------------------------------------------------------------------------- a new policy

@@ -6,7 +6,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -111,6 +111,10 @@ class EvalArgs:
     descent_min_grad: float | None = None
     """EBT inference: stop a sample's descent once its gradient norm is below this (with
     --descent-steps 20: the adaptive mode; default: the checkpoint's)."""
+    sampler: Literal["ddpm", "ddim"] | None = None
+    """Diffusion policies: sample chunks with DDPM or DDIM (default: the checkpoint's)."""
+    sampler_steps: int | None = None
+    """Diffusion policies: denoising steps per chunk (default: 100 for DDPM, 10 for DDIM)."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -189,6 +193,12 @@ def eval_main(argv: list[str]) -> int:
         policy.set_inference(
             descent_steps=args.descent_steps, descent_min_grad=args.descent_min_grad
         )
+    if args.sampler is not None or args.sampler_steps is not None:
+        if not hasattr(policy, "set_sampler"):
+            raise ConfigError(
+                f"{args.checkpoint}: --sampler/--sampler-steps apply to diffusion policies"
+            )
+        policy.set_sampler(args.sampler, args.sampler_steps)
     metadata = checkpoint_metadata(args.checkpoint)
     if args.task is None and metadata is None:
         raise CheckpointError(

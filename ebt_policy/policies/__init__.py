@@ -13,6 +13,14 @@ from __future__ import annotations
 
 from ebt_policy.policies.base import ChunkPrediction, Policy
 from ebt_policy.policies.checkpoint import load_policy, save_pretrained
+from ebt_policy.policies.diffusion import (
+    DIFFUSION_PRESETS,
+    DIFFUSION_UNET_PRESETS,
+    DiffusionPolicy,
+    DiffusionPolicyConfig,
+    DiffusionUnetPolicy,
+    DiffusionUnetPolicyConfig,
+)
 from ebt_policy.policies.ebt import (
     EBT_PRESETS,
     DescentConfig,
@@ -31,8 +39,14 @@ from ebt_policy.policies.factory import (
     policy_names,
     register_policy,
 )
+from ebt_policy.policies.mse import MSE_PRESETS, MSEPolicy, MSEPolicyConfig
 
 register_policy("ebt", EBTPolicyConfig, EBTPolicy, EBT_PRESETS)
+register_policy("mse", MSEPolicyConfig, MSEPolicy, MSE_PRESETS)
+register_policy("diffusion", DiffusionPolicyConfig, DiffusionPolicy, DIFFUSION_PRESETS)
+register_policy(
+    "diffusion-unet", DiffusionUnetPolicyConfig, DiffusionUnetPolicy, DIFFUSION_UNET_PRESETS
+)
 
 __all__ = [
     "ChunkPrediction",

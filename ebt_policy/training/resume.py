@@ -65,7 +65,7 @@ def check_train_config(
                 f"steps: {cfg.steps} is within the original warm-up ({saved['warmup_steps']})"
             )
         cfg = dataclasses.replace(cfg, warmup_steps=saved["warmup_steps"])
-    current = cfg.to_dict()
+    current = to_jsonable(cfg.to_dict())  # as saved: tuples in policy_overrides are lists
     differing = sorted(
         k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]
     )

@@ -1,0 +1,103 @@
+"""`ebt-policy bench latency`: per-chunk planning latency of EBT against the baselines.
+
+Usage::
+
+    ebt-policy bench latency [--preset tiny] [--device cpu|cuda] [--batch 1,32] [--calls 200]
+        [--warmup 10] [--threads N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ebt_policy.errors import ConfigError
+
+RANDOM_WEIGHTS_NOTE = (
+    "random weights: latency only (fixed step counts; EBT's adaptive steps on a trained model "
+    "may differ from the mean shown)"
+)
+
+
+@dataclass
+class LatencyArgs:
+    """Per-chunk latency of EBT, Diffusion Policy (transformer and U-Net) and MSE."""
+
+    preset: str = "tiny"
+    """Preset every policy is built with (a policy without it is skipped, and the table says so)."""
+    device: str = "cpu"
+    """Torch device: cpu or cuda (cuda:N)."""
+    batch: str = "1,32"
+    """Comma-separated batch sizes."""
+    calls: int = 200
+    """Timed calls per variant and batch size (median and p99 over these)."""
+    warmup: int = 10
+    """Untimed calls per variant before timing."""
+    threads: int | None = None
+    """Torch CPU threads (default: torch's)."""
+    obs_dim: int = 19
+    """Low-dim observation size (19: Lift)."""
+    action_dim: int = 7
+    json: Path | None = None
+    """Also write the results here."""
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"1,32"`` -> (1, 32) (ConfigError naming the flag otherwise)."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--batch: expected comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--batch: expected positive integers, got {text!r}")
+    return sizes
+
+
+def latency_table(result: Any) -> Any:
+    """A rich Table of a :class:`~ebt_policy.bench.latency.LatencyResult`."""
+    from rich.table import Table
+
+    cfg, machine = result.config, result.machine
+    table = Table(
+        title=f"chunk latency, preset {cfg.preset!r}, {machine['device']} "
+        f"({machine['threads']} threads), {cfg.calls} calls",
+        caption=RANDOM_WEIGHTS_NOTE,
+    )
+    for name in ("variant", "batch", "steps", "params", "p50 ms", "p99 ms", "x EBT p50"):
+        table.add_column(name, justify="left" if name == "variant" else "right", no_wrap=True)
+    for t in result.timings:
+        table.add_row(
+            t.variant, str(t.batch), f"{t.steps:.1f}", f"{t.n_parameters / 1e6:.2f}M",
+            f"{t.p50_ms:.2f}", f"{t.p99_ms:.2f}", f"{t.ratio_to_ebt:.1f}",
+        )  # fmt: skip
+    return table
+
+
+def latency_main(argv: list[str]) -> int:
+    """Entry point of `ebt-policy bench latency`."""
+    import tyro
+    from rich.console import Console
+
+    from ebt_policy.bench.latency import LatencyConfig, run_latency
+    from ebt_policy.utils import write_json_atomic
+
+    args = tyro.cli(LatencyArgs, args=argv, prog="ebt-policy bench latency")
+    cfg = LatencyConfig(
+        preset=args.preset, device=args.device, batch_sizes=parse_batch_sizes(args.batch),
+        calls=args.calls, warmup=args.warmup, obs_dim=args.obs_dim, action_dim=args.action_dim,
+        threads=args.threads,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    with console.status("building policies") as status:
+        result = run_latency(cfg, progress=lambda text: status.update(text))
+    out = Console()
+    out.print(latency_table(result))
+    for line in result.skipped:
+        out.print(f"skipped: {line}")
+    out.print(f"machine: {result.machine['cpu']}, {result.machine['cores']} cores, "
+              f"torch {result.machine['torch']}")  # fmt: skip
+    if args.json is not None:
+        write_json_atomic(args.json, result.to_dict())
+        out.print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,204 @@
+"""Per-chunk latency of EBT and the baselines at one preset, measured side by side.
+
+Every variant plans from the same observation batch; calls are interleaved round-robin (the
+variant order rotates every round) so that a slow phase of the machine (another process, thermal
+throttling) hits every variant alike. Weights are random: step counts are fixed, so latency does
+not depend on training, except for EBT's adaptive mode, whose stopping depends on the gradient
+norms (the result reports the mean steps it used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ebt_policy.errors import ConfigError
+
+ADAPTIVE = (20, 1e-3)  # EBT's adaptive mode: at most 20 descent steps, stop at |grad| < 1e-3
+
+
+@dataclass
+class LatencyConfig:
+    """What `ebt-policy bench latency` measures."""
+
+    preset: str = "tiny"
+    device: str = "cpu"
+    batch_sizes: tuple[int, ...] = (1, 32)
+    calls: int = 200  # timed calls per variant and batch size
+    warmup: int = 10  # untimed calls per variant first
+    obs_dim: int = 19  # Lift's low-dim observation size
+    action_dim: int = 7
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def __post_init__(self) -> None:
+        if self.calls < 1 or self.warmup < 0:
+            raise ConfigError(
+                f"calls must be >= 1 and warmup >= 0, got {self.calls}, {self.warmup}"
+            )
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ConfigError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
+        if self.obs_dim < 1 or self.action_dim < 1:
+            raise ConfigError(
+                f"obs_dim and action_dim must be >= 1, got {self.obs_dim}, {self.action_dim}"
+            )
+
+
+@dataclass
+class VariantTiming:
+    """Latency of one variant at one batch size, in milliseconds."""
+
+    variant: str
+    policy: str
+    batch: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    steps: float  # mean descent / denoising steps per chunk
+    n_parameters: int
+    ratio_to_ebt: float | None = None  # this variant's p50 / EBT's (preset steps) p50
+
+
+@dataclass
+class LatencyResult:
+    config: LatencyConfig
+    timings: list[VariantTiming]
+    skipped: list[str]  # variants without the preset, and why
+    machine: dict[str, Any] = field(default_factory=dict)
+    random_weights: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "latency",
+            "random_weights": self.random_weights,
+            "config": dataclasses.asdict(self.config),
+            "machine": self.machine,
+            "timings": [dataclasses.asdict(t) for t in self.timings],
+            "skipped": self.skipped,
+        }
+
+
+def _shape_meta_and_stats(cfg: LatencyConfig) -> tuple[dict, dict]:
+    meta = {"obs": {"state": {"shape": [cfg.obs_dim], "type": "low_dim"}},
+            "action": {"shape": [cfg.action_dim]}}  # fmt: skip
+    stats = {}
+    for key, d in (("state", cfg.obs_dim), ("action", cfg.action_dim)):
+        lo, hi = -np.ones(d, np.float32), np.ones(d, np.float32)
+        stats[key] = {"min": lo, "max": hi, "mean": 0 * lo, "std": hi, "q01": lo, "q99": hi}
+    return meta, stats
+
+
+@dataclass
+class Variant:
+    """One way of planning a chunk: a policy and its sampler or stopping rule."""
+
+    label: str
+    policy: str
+    plan: Callable[[dict[str, np.ndarray]], Any]  # obs window -> ChunkPrediction
+    n_parameters: int
+
+
+def build_variants(cfg: LatencyConfig) -> tuple[list[Variant], list[str]]:
+    """The variants of the comparison (EBT first) and the ones skipped, with the reason."""
+    from ebt_policy.policies import get_preset, make_policy, make_policy_config
+
+    meta, stats = _shape_meta_and_stats(cfg)
+    variants: list[Variant] = []
+    skipped: list[str] = []
+
+    def build(name: str, **overrides: Any) -> Any:
+        torch.manual_seed(0)
+        policy = make_policy(make_policy_config(name, cfg.preset, **overrides), meta, stats)
+        return policy.to(cfg.device).eval()
+
+    def n_params(policy: Any) -> int:
+        return sum(p.numel() for p in policy.parameters())
+
+    get_preset("ebt", cfg.preset)  # ConfigError naming the preset if EBT lacks it
+    ebt = build("ebt")
+    k = ebt.config.descent.descent_steps
+    variants.append(Variant(f"EBT ({k} steps)", "ebt", ebt.predict_chunk, n_params(ebt)))
+    steps, min_grad = ADAPTIVE
+    variants.append(Variant(
+        f"EBT adaptive {steps}:{min_grad:.0e}".replace("e-0", "e-"), "ebt",
+        lambda obs: ebt.predict_chunk(obs, descent_steps=steps, descent_min_grad=min_grad),
+        n_params(ebt),
+    ))  # fmt: skip
+    for name, short in (("diffusion", "DP-T"), ("diffusion-unet", "DP-UNet")):
+        try:
+            preset = get_preset(name, cfg.preset)
+        except ConfigError:
+            skipped.append(f"{short} ({name}): no preset {cfg.preset!r}")
+            continue
+        if getattr(preset.policy, "denoiser", None) == "mlp":
+            short = "DP-MLP"  # the mlp preset's denoiser is an MLP, not a transformer
+        for sampler, n in (("ddpm", 100), ("ddim", 10)):
+            policy = build(name, schedule={"sampler": sampler, "sampler_steps": n})
+            label = f"{short} {sampler.upper()}-{n}"
+            variants.append(Variant(label, name, policy.predict_chunk, n_params(policy)))
+    mse = build("mse")
+    variants.append(Variant("MSE (1 pass)", "mse", mse.predict_chunk, n_params(mse)))
+    return variants, skipped
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """CPU model, cores, torch version and threads (and the GPU name on CUDA)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": device}  # fmt: skip
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def run_latency(cfg: LatencyConfig, progress: Callable[[str], None] | None = None) -> LatencyResult:
+    """Measure every variant at every batch size (see the module docstring)."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {cfg.device!r}: CUDA is not available")
+    variants, skipped = build_variants(cfg)
+    rng = np.random.default_rng(0)
+    timings: list[VariantTiming] = []
+    for B in cfg.batch_sizes:
+        state = rng.uniform(-1, 1, (B, 2, cfg.obs_dim)).astype(np.float32)
+        obs = {"state": state}
+        for variant in variants:
+            for _ in range(cfg.warmup):
+                variant.plan(obs)
+        times: list[list[float]] = [[] for _ in variants]
+        steps: list[list[float]] = [[] for _ in variants]
+        for call in range(cfg.calls):
+            if progress is not None and call % 20 == 0:
+                progress(f"batch {B}: round {call + 1} / {cfg.calls}")
+            n = len(variants)
+            for j in range(n):
+                i = (call + j) % n  # rotate the order every round
+                t0 = time.perf_counter()
+                pred = variants[i].plan(obs)  # returns numpy: the device has finished
+                times[i].append(time.perf_counter() - t0)
+                if pred.steps is not None:
+                    steps[i].append(float(np.mean(pred.steps)))
+        for variant, ts, st in zip(variants, times, steps, strict=True):
+            ms = np.asarray(ts) * 1e3
+            timings.append(VariantTiming(
+                variant=variant.label, policy=variant.policy, batch=B, p50_ms=float(np.median(ms)),
+                p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
+                steps=float(np.mean(st)) if st else 1.0, n_parameters=variant.n_parameters,
+            ))  # fmt: skip
+        ebt_p50 = timings[-len(variants)].p50_ms
+        for t in timings[-len(variants) :]:
+            t.ratio_to_ebt = t.p50_ms / ebt_p50
+    return LatencyResult(cfg, timings, skipped, machine_info(cfg.device))
