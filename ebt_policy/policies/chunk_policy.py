@@ -26,7 +26,7 @@ from ebt_policy.models import FrameEncoder, Normalizer, ShapeMeta
 from ebt_policy.models.transformer import SelfAttentionBlock
 from ebt_policy.policies.base import ChunkPrediction, Policy
 from ebt_policy.policies.factory import Preset
-from ebt_policy.policies.validation import check_types, require
+from ebt_policy.policies.validation import check_types, check_window_and_images, require
 
 ACTION_KEY = "action"
 
@@ -58,20 +58,7 @@ class ChunkPolicyConfig:
             require(ok, where, what)
 
         need(self.name == name, f"name must be {name!r}, got {self.name!r}")
-        need(self.n_obs_steps >= 1, f"n_obs_steps must be >= 1, got {self.n_obs_steps}")
-        need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
-        need(
-            1 <= self.n_action_steps <= self.horizon - self.n_obs_steps + 1,
-            f"n_action_steps must be in [1, horizon - n_obs_steps + 1] = "
-            f"[1, {self.horizon - self.n_obs_steps + 1}], got {self.n_action_steps}",
-        )
-        for key in ("image_feature_dim", "resnet_width", "n_keypoints"):
-            need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
-        need(
-            0 < self.crop_fraction <= 1,
-            f"crop_fraction must be in (0, 1], got {self.crop_fraction}",
-        )
-        need(self.color_jitter >= 0, f"color_jitter must be >= 0, got {self.color_jitter}")
+        check_window_and_images(self, need)
 
 
 @dataclass

@@ -103,3 +103,22 @@ def check_complete(cfg: Any, given: Mapping[str, Any], where: str) -> None:
             f"{where}: lacks field(s) {missing} (a saved config lists every field; convert "
             "older layouts with policies/schema.py)"
         )
+
+
+def check_window_and_images(cfg: Any, need: Any) -> None:
+    """The checks every chunk policy's config shares (EBT's too): the window sizes To, Tp, Ta
+    and the image encoder's fields. ``need(ok, what)`` raises the caller's ConfigError."""
+    need(cfg.n_obs_steps >= 1, f"n_obs_steps must be >= 1, got {cfg.n_obs_steps}")
+    need(cfg.horizon >= 1, f"horizon must be >= 1, got {cfg.horizon}")
+    need(
+        1 <= cfg.n_action_steps <= cfg.horizon - cfg.n_obs_steps + 1,
+        f"n_action_steps must be in [1, horizon - n_obs_steps + 1] = "
+        f"[1, {cfg.horizon - cfg.n_obs_steps + 1}], got {cfg.n_action_steps}",
+    )
+    for key in ("image_feature_dim", "resnet_width", "n_keypoints"):
+        need(getattr(cfg, key) >= 1, f"{key} must be >= 1, got {getattr(cfg, key)}")
+    need(
+        0 < cfg.crop_fraction <= 1,
+        f"crop_fraction must be in (0, 1], got {cfg.crop_fraction}",
+    )
+    need(cfg.color_jitter >= 0, f"color_jitter must be >= 0, got {cfg.color_jitter}")

@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ebt_policy.policies.ebt.descent import DescentConfig
-from ebt_policy.policies.validation import check_types, nested_config, require
+from ebt_policy.policies.validation import (
+    check_types,
+    check_window_and_images,
+    nested_config,
+    require,
+)
 
 ENERGY_KINDS = ("transformer", "mlp")
 
@@ -58,13 +63,7 @@ class EBTPolicyConfig:
             self.energy in ENERGY_KINDS,
             f"energy must be one of {ENERGY_KINDS}, got {self.energy!r}",
         )
-        need(self.n_obs_steps >= 1, f"n_obs_steps must be >= 1, got {self.n_obs_steps}")
-        need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
-        need(
-            1 <= self.n_action_steps <= self.horizon - self.n_obs_steps + 1,
-            f"n_action_steps must be in [1, horizon - n_obs_steps + 1] = "
-            f"[1, {self.horizon - self.n_obs_steps + 1}], got {self.n_action_steps}",
-        )
+        check_window_and_images(self, need)
         for key in ("d_model", "n_heads", "ffn_mult", "mlp_hidden", "mlp_layers"):
             need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("n_obs_layers", "n_energy_layers"):
@@ -73,10 +72,3 @@ class EBTPolicyConfig:
             self.d_model % self.n_heads == 0,
             f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})",
         )
-        for key in ("image_feature_dim", "resnet_width", "n_keypoints"):
-            need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
-        need(
-            0 < self.crop_fraction <= 1,
-            f"crop_fraction must be in (0, 1], got {self.crop_fraction}",
-        )
-        need(self.color_jitter >= 0, f"color_jitter must be >= 0, got {self.color_jitter}")

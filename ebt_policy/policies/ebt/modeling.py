@@ -20,11 +20,10 @@ from torch import Tensor, nn
 
 from ebt_policy.errors import EbtPolicyError
 from ebt_policy.models.mlp_energy import MLPEnergy
-from ebt_policy.models.normalizer import Normalizer
-from ebt_policy.models.obs_encoder import FrameEncoder
 from ebt_policy.models.shapes import ShapeMeta
 from ebt_policy.models.transformer import TransformerEnergy
-from ebt_policy.policies.base import ChunkPrediction, Policy
+from ebt_policy.policies.base import ChunkPrediction
+from ebt_policy.policies.chunk_policy import ChunkPolicy
 from ebt_policy.policies.ebt.configuration import EBTPolicyConfig
 from ebt_policy.policies.ebt.descent import EnergyDescent
 from ebt_policy.policies.ebt.objectives import eqm_loss
@@ -32,7 +31,7 @@ from ebt_policy.policies.ebt.objectives import eqm_loss
 ACTION_KEY = "action"
 
 
-class EBTPolicy(nn.Module, Policy):
+class EBTPolicy(ChunkPolicy):
     """EBT-Policy.
 
     Args:
@@ -53,36 +52,9 @@ class EBTPolicy(nn.Module, Policy):
         shape_meta: ShapeMeta | Mapping[str, Any],
         stats: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.shapes = ShapeMeta.coerce(shape_meta)
-        self.shape_meta = self.shapes.to_dict()
-        self.n_obs_steps = config.n_obs_steps
-        self.horizon = config.horizon
-        self.n_action_steps = config.n_action_steps
-        low_dim, rgb = self.shapes.low_dim, self.shapes.rgb
-        action_dim = self.shapes.action_dim
-        self.low_dim_keys = list(low_dim)
-        self.rgb_keys = list(rgb)
-        self.action_dim = action_dim
-        self._low_dim_shapes = low_dim
-        self._rgb_shapes = rgb
-        if stats is None:
-            # Zeroed statistics, to be filled by load_state_dict (using them before raises).
-            self.normalizer = Normalizer.from_shape_meta(self.shapes)
-        else:
-            self.normalizer = Normalizer.from_stats(
-                stats, [*self.low_dim_keys, *self.rgb_keys, ACTION_KEY], rgb_keys=self.rgb_keys
-            )
-        self.obs_encoder = FrameEncoder(
-            low_dim,
-            rgb,
-            image_feature_dim=config.image_feature_dim,
-            resnet_width=config.resnet_width,
-            n_keypoints=config.n_keypoints,
-            crop_fraction=config.crop_fraction,
-            color_jitter=config.color_jitter,
-        )
+        # the observation side (shapes, normaliser, frame encoder) exactly as the baselines'
+        super().__init__(config, shape_meta, stats)
+        action_dim = self.action_dim
         # what every energy network is sized by: frame features F, Da, To, Tp
         dims = (self.obs_encoder.out_dim, action_dim, config.n_obs_steps, config.horizon)
         if config.energy == "mlp":
@@ -99,29 +71,8 @@ class EBTPolicy(nn.Module, Policy):
                 ffn_mult=config.ffn_mult,
             )
         self.descent = EnergyDescent(config.descent)
-        self._row_generators: dict[int, torch.Generator] = {}
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def _normalize_obs(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Robot units -> network inputs: low-dim to [-1, 1], images to float [-1, 1].
-
-        Images come out channels first, (B, To, C, H, W).
-        """
-        out = {}
-        for key in self.low_dim_keys:
-            out[key] = self.normalizer.normalize(key, obs[key].float())
-        for key in self.rgb_keys:
-            img = self.normalizer.normalize(key, obs[key])  # uint8 -> float [-1, 1]
-            C = self._rgb_shapes[key][0]
-            if img.shape[-1] == C and img.shape[2] != C:  # HWC -> CHW
-                img = img.permute(0, 1, 4, 2, 3)  # (B, To, H, W, C) -> (B, To, C, H, W)
-            out[key] = img.contiguous()
-        return out
-
     def encode(self, obs: dict[str, Tensor], augment: bool = False) -> Tensor:
         """Normalised observations -> the energy's context (computed once per batch)."""
         frames = self.obs_encoder(obs, augment=augment)  # (B, To, F)
@@ -164,10 +115,6 @@ class EBTPolicy(nn.Module, Policy):
             metrics["eqm_loss"] = float(eqm.detach())
         return loss, metrics
 
-    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        """Same as :meth:`compute_loss` (so DistributedDataParallel can wrap the policy)."""
-        return self.compute_loss(batch)
-
     # ------------------------------------------------------------------ inference
     def set_inference(
         self, descent_steps: int | None = None, descent_min_grad: float | None = None
@@ -187,24 +134,6 @@ class EBTPolicy(nn.Module, Policy):
         )  # validates (ConfigError naming the field)
         self.config = dataclasses.replace(self.config, descent=descent)
         self.descent.config = descent
-
-    def reset(self) -> None:
-        """Forget per-row episode state (the noise generators of :meth:`start_episode`)."""
-        self._row_generators.clear()
-
-    def start_episode(self, row: int, seed: int | None) -> None:
-        """Seed the initial noise of batch row ``row`` for an episode played with env ``seed``.
-
-        The evaluation runner calls this when a slot starts an episode and then passes
-        ``rows=`` to :meth:`predict_chunk`. Since the network and the per-sample descent treat
-        each sample on its own, an episode's chunks then do not depend on which other episodes
-        share the batch, nor on how many workers run. ``seed=None`` returns the row to the
-        global RNG.
-        """
-        if seed is None:
-            self._row_generators.pop(int(row), None)
-            return
-        self._row_generators[int(row)] = torch.Generator().manual_seed(int(seed))
 
     def _initial_noise(
         self, B: int, generator: torch.Generator | None, rows: Sequence[int] | None
