@@ -168,7 +168,7 @@ CHECKPOINT_CASES = [
     ("heads-do-not-divide", _set("policy", "config", "n_heads", value=5), CONFIG,
      "d_model (32) must be divisible by n_heads (5)"),
     ("unknown-policy", _set("policy", "config", "name", value="other"), CONFIG,
-     "unknown policy 'other'; known: ['ebt']"),
+     "unknown policy 'other'; known: ["),
     ("truncated-config", lambda c: (c / CONFIG).write_text((c / CONFIG).read_text()[:200]), CONFIG,
      "not valid JSON"),
     ("config-a-json-list", _write(CONFIG, b"[]"), CONFIG, "expected a JSON object"),
