@@ -7,10 +7,10 @@ interrupted quickstart continues where it stopped; ``--fresh`` starts over (it r
 a quickstart writes, and refuses an ``--out`` holding anything else). Every argument is checked
 before anything is written.
 
-The defaults (100 low-dim Lift demonstrations, the MLP energy, 5,000 training steps, about two
-minutes on a 2-core CPU, capped at five, planning with 3 descent steps) are sized so the command,
-installation included, stays under ten minutes on a 2-core CPU; the README lists the numbers
-measured with them.
+The defaults (100 low-dim Lift demonstrations, the MLP energy, 5,000 training steps, about five
+minutes on a 2-core CPU, capped at ten, planning with the preset's 2 descent steps) are sized so
+the command, installation included, stays around ten minutes on a 2-core CPU; the README lists
+the numbers measured with them.
 """
 
 from __future__ import annotations
@@ -44,17 +44,15 @@ class QuickstartArgs:
     """Policy preset: mlp (the cheap energy network, the CPU default), tiny, small or paper."""
     steps: int = 5000
     """Training steps (the learning-rate schedule spans these)."""
-    minutes: float = 5.0
+    minutes: float = 10.0
     """Wall-time cap on training for this invocation (a rerun resumes an unfinished run)."""
     batch_size: int | None = None
     """Training batch size (default: the preset's)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train and run the policy."""
-    descent_steps: int | None = 3
+    descent_steps: int | None = None
     """Energy-descent steps per planned chunk at evaluation; None: the checkpoint's own (the
-    presets plan with 2). 3 here because on Lift a third step turned 47-50/50 into 50/50 on every
-    checkpoint measured; on multimodal tasks (twogoal) use 2: extra steps pull plans off their
-    mode (README, Results). Changing it re-evaluates a finished run without training again."""
+    presets plan with 2). Changing it re-evaluates a finished run without training again."""
     workers: int = 2
     """Processes for collection and evaluation."""
     seed: int = 0

@@ -109,13 +109,14 @@ def test_bad_objective_settings_are_refused(field, value):
 @pytest.mark.parametrize("recipe", ["reference", "energy_score_eqm"])
 def test_ebt_policy_trains_with_each_objective(recipe):
     """Both recipes are selectable by name and their loss falls on a fixed batch."""
-    from ebt_policy.policies import make_policy, make_policy_config
-
-    descent = {} if recipe == "reference" else ENERGY_SCORE_EQM
     from test_policy_ebt import batch as make_batch
     from test_policy_ebt import random_stats, shape_meta
 
-    cfg = make_policy_config("ebt", "mlp", mlp_hidden=64, descent=descent)
+    from ebt_policy.policies import make_policy, make_policy_config
+
+    preset = "mlp-reference" if recipe == "reference" else "mlp"
+    cfg = make_policy_config("ebt", preset, mlp_hidden=64)
+    assert (cfg.descent.objective == "mse") == (recipe == "reference")
     policy = make_policy(cfg, shape_meta(), random_stats())
     batch = make_batch(16)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
@@ -128,11 +129,3 @@ def test_ebt_policy_trains_with_each_objective(recipe):
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert ("eqm_loss" in metrics) == (recipe != "reference")
-
-
-ENERGY_SCORE_EQM = {
-    "objective": "energy_score",
-    "eqm_weight": 1.0,
-    "rms_norm": "none",
-    "step_scale": "fixed",
-}

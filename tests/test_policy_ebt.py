@@ -99,7 +99,12 @@ def test_presets():
     assert (descent.train_steps_base, descent.train_steps_extra, descent.alpha) == (6, 4, 1000.0)
     mlp = make_policy_config("ebt", "mlp")
     assert (mlp.energy, mlp.mlp_hidden, mlp.mlp_layers, mlp.descent.train_steps_base) == (
-        "mlp", 256, 3, 3,
+        "mlp", 256, 3, 2,
+    )  # fmt: skip
+    assert (mlp.descent.objective, mlp.descent.eqm_weight) == ("energy_score", 1.0)
+    reference = make_policy_config("ebt", "mlp-reference").descent
+    assert (reference.objective, reference.rms_norm, reference.train_steps_base) == (
+        "mse", "sample", 3,
     )  # fmt: skip
     small = make_policy_config("ebt", "small", descent={"descent_steps": 20})
     assert small.descent.descent_steps == 20
@@ -174,6 +179,11 @@ def test_compute_loss_reaches_every_parameter(preset, images):
     assert metrics["n_steps"] == 2.0
     loss.backward()
     dead = [n for n, p in policy.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    if policy.descent.config.step_scale == "fixed":
+        # with a fixed step size only grad_x E is trained: the MLP energy's output bias (its
+        # level) is the one parameter no loss can reach, by construction
+        assert dead == ["energy.out.bias"]
+        dead = []
     assert not dead, f"no gradient reaches {dead}"
 
 

@@ -39,15 +39,15 @@ def test_quickstart_runs_end_to_end_then_reuses_its_outputs(tmp_path: Path) -> N
     # the table's success rate is the evaluation's
     assert res["success_rate"] == eval_report["success_rate"]
 
-    assert res["mean_descent_steps"] == 3  # the quickstart's default
-    # a rerun keeps the demos and the finished checkpoint, and evaluates again (here with the
-    # checkpoint's own 2 steps)
+    assert res["mean_descent_steps"] == 2  # the preset's own
+    # a rerun keeps the demos and the finished checkpoint, and evaluates again (here with 3
+    # descent steps instead of the checkpoint's 2)
     ckpt_mtime = (Path(res["checkpoint"]) / "model.safetensors").stat().st_mtime
-    again = _quickstart(out, "--no-video", "--descent-steps", "None")
+    again = _quickstart(out, "--no-video", "--descent-steps", "3")
     assert again.returncode == 0, again.stderr[-3000:]
     res2 = json.loads((out / "quickstart.json").read_text())
     assert res2["train_reused"] and res2["train_steps"] == 20 and res2["demos"] == 4
-    assert res2["mean_descent_steps"] == 2
+    assert res2["mean_descent_steps"] == 3
     assert (Path(res2["checkpoint"]) / "model.safetensors").stat().st_mtime == ckpt_mtime
     assert "(reused)" in again.stdout
 

@@ -111,6 +111,7 @@ def presets_from_ebt(config_cls: type, kind_field: str) -> dict[str, Preset]:
             train=ebt.train,
         )
         for name, ebt in EBT_PRESETS.items()
+        if not name.endswith("-reference")  # EBT's training-recipe variants: same sizes
     }
 
 

@@ -113,6 +113,13 @@ class EBTPolicy(ChunkPolicy):
             eqm = eqm_loss(self.energy_fn(context), target, cfg.step_size, generator=generator)
             loss = loss + cfg.eqm_weight * eqm
             metrics["eqm_loss"] = float(eqm.detach())
+        if cfg.step_scale == "fixed":
+            # With a fixed step only grad_x E is trained: the energy's level (e.g. the output
+            # bias) gets no gradient. Keep every parameter in the graph (DDP requires it) at zero
+            # weight, and report the energy of the demonstrated chunks.
+            e_demo = self.energy(context, target).float()  # (B,)
+            loss = loss + 0.0 * e_demo.mean()
+            metrics["energy_demo"] = float(e_demo.detach().mean())
         return loss, metrics
 
     # ------------------------------------------------------------------ inference

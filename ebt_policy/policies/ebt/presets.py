@@ -1,9 +1,17 @@
 """EBT-Policy presets: each one a model size plus the training recipe that goes with it.
 
-Every preset plans with the paper's 2 descent steps. Measured (README, Results): on low-dim Lift a
-third step helps (47-50/50 -> 50/50), on the multimodal twogoal task it hurts (45-47/50 ->
-28-38/50: further descent pulls the chunk off its mode), so the default stays 2;
-``ebt-policy eval --descent-steps`` overrides it.
+Every preset plans with the paper's 2 descent steps. Two training recipes (README, "Why this
+energy"):
+
+* the reference (method.md): per-step MSE of the unrolled descent, per-sample RMS normalisation of
+  the iterate, step size alpha * exp(E). Its optimum is the mean of the demonstrated modes: on the
+  multimodal twogoal task every step past two pulls plans toward it (45/50 at 2 steps, 8/50 at 20).
+* energy score + Equilibrium Matching (``mlp``'s default): a proper scoring rule over two chains,
+  the demonstrated chunks made minima of the energy, no per-step normalisation, a fixed step size,
+  trained at depths 2..5. Measured on twogoal (50/50 at every step count 2..20 and adaptive, both
+  goals reached) and Lift (50/50 at 2..20), so ``mlp`` uses it; ``mlp-reference`` keeps the
+  reference recipe for comparison. The transformer presets keep the reference recipe until it is
+  measured on them (``--policy-cfg.descent.objective energy_score ...`` selects it).
 
 The paper recipe is method.md's (AdamW lr 1e-4, 500 warm-up steps, batch 64); the smaller models
 take a higher learning rate and shorter warm-up because they are meant for minutes, not days, of
@@ -42,10 +50,22 @@ EBT_PRESETS: dict[str, Preset] = {
         ),
         train=TrainRecipe(lr=1e-4, warmup_steps=500, batch_size=64),
     ),
-    # The cheap MLP energy (method.md, last section): 3 x 256 SiLU, 3 unrolled steps.
+    # The cheap MLP energy (method.md, last section): 3 x 256 SiLU, trained with the energy score
+    # and Equilibrium Matching at depths 2..5 (see the module docstring).
     "mlp": Preset(
         policy=EBTPolicyConfig(
             preset="mlp", energy="mlp", mlp_hidden=256, mlp_layers=3, resnet_width=32,
+            descent=DescentConfig(
+                train_steps_base=2, train_steps_extra=3, objective="energy_score",
+                eqm_weight=1.0, rms_norm="none", step_scale="fixed",
+            ),
+        ),
+        train=TrainRecipe(lr=1e-3, warmup_steps=50, batch_size=256),
+    ),
+    # The same network with the reference recipe: per-step MSE, 3 unrolled steps.
+    "mlp-reference": Preset(
+        policy=EBTPolicyConfig(
+            preset="mlp-reference", energy="mlp", mlp_hidden=256, mlp_layers=3, resnet_width=32,
             descent=DescentConfig(train_steps_base=3, train_steps_extra=0),
         ),
         train=TrainRecipe(lr=1e-3, warmup_steps=50, batch_size=256),
