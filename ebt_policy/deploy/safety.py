@@ -105,7 +105,13 @@ class SafetyLayer:
         """Clear the fault and the in-a-row counters (an operator's explicit reset, or a new
         episode); ``last_action`` is where the change cap starts from (default: the stop action)."""
         self.fault = None
-        self._nonfinite_in_row = 0
+        self.start_episode(last_action)
+
+    def start_episode(self, last_action: np.ndarray | None = None) -> None:
+        """Restart the in-a-row counters and the observation order for a new episode; a latched
+        fault stays latched."""
+        self._nonfinite_in_row = 0  # whole outputs (chunks), see nonfinite_output
+        self._bad_actions_in_row = 0  # single actions given to filter
         self._stale_in_row = 0
         self._last_seq: int | None = None
         self._last_ts: float | None = None
@@ -118,12 +124,12 @@ class SafetyLayer:
 
     # ------------------------------------------------------------------ actions
     def nonfinite_output(self, detail: str = "") -> None:
-        """Count one non-finite policy output (a whole chunk or one action); latches the fault
-        at ``max_nonfinite`` in a row."""
+        """Count one non-finite policy output (a chunk); latches the fault at ``max_nonfinite``
+        in a row. Single actions given to :meth:`filter` are counted there, the same way."""
         self.events["nonfinite"] += 1
         self._nonfinite_in_row += 1
         if self._nonfinite_in_row >= self.config.max_nonfinite:
-            self.trip("nonfinite", f"{self._nonfinite_in_row} non-finite outputs in a row {detail}")
+            self.trip("nonfinite", f"{self._nonfinite_in_row} non-finite chunks in a row {detail}")
 
     def finite_output(self) -> None:
         """A finite policy output arrived: the in-a-row count starts again."""
@@ -138,9 +144,12 @@ class SafetyLayer:
             self.trip("shape", f"action of shape {a.shape}, expected ({self.spec.action_dim},)")
             return self.stop_action, ["shape"]
         if not np.all(np.isfinite(a)):  # before the clip: np.clip keeps NaN
-            self.nonfinite_output()
-            return (self.stop_action if self.fault else self.last_action.copy()), ["nonfinite"]
-        self.finite_output()
+            self.events["nonfinite"] += 1
+            self._bad_actions_in_row += 1
+            if self._bad_actions_in_row >= self.config.max_nonfinite:
+                self.trip("nonfinite", f"{self._bad_actions_in_row} non-finite actions in a row")
+            return self.hold(), ["nonfinite"]
+        self._bad_actions_in_row = 0
         events = []
         clipped = np.clip(a, self.low, self.high)
         if not np.array_equal(clipped, a):
