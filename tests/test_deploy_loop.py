@@ -186,7 +186,7 @@ def test_frozen_observation_stream_holds_then_stops() -> None:
 def test_an_exception_inside_the_loop_still_stops_the_robot() -> None:
     robot = SpyRobot()
 
-    def boom(log) -> None:
+    def boom(log, obs) -> None:
         if log.step == 5:
             raise RuntimeError("recorder died")
 
@@ -201,7 +201,7 @@ def test_an_exception_inside_the_loop_still_stops_the_robot() -> None:
 def test_ctrl_c_inside_the_loop_still_stops_the_robot() -> None:
     robot = SpyRobot()
 
-    def interrupt(log) -> None:
+    def interrupt(log, obs) -> None:
         raise KeyboardInterrupt
 
     with robot:

@@ -92,7 +92,8 @@ class EpisodeReport:
 class DeployLoop:
     """Runs ``policy`` on ``robot`` (already connected; use ``with robot:``).
 
-    ``on_step(log)`` is called after every tick (recording, status lines). :meth:`estop` may be
+    ``on_step(log, obs)`` is called after every tick with its observation (recording, status
+    lines). :meth:`estop` may be
     called from any thread.
     """
 
@@ -101,7 +102,7 @@ class DeployLoop:
         policy: Any,
         robot: Robot,
         config: LoopConfig | None = None,
-        on_step: Callable[[StepLog], None] | None = None,
+        on_step: Callable[[StepLog, Observation], None] | None = None,
     ) -> None:
         self.robot = robot
         self.config = cfg = config or LoopConfig()
@@ -285,4 +286,4 @@ class DeployLoop:
         )
         report.log.append(log)
         if self.on_step is not None:
-            self.on_step(log)
+            self.on_step(log, obs)

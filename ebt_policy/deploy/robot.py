@@ -79,6 +79,20 @@ class Robot(abc.ABC):
     def disconnect(self) -> None:
         """Release the robot (after a stop). Safe to call twice."""
 
+    def dataset_metadata(self) -> dict[str, Any]:
+        """Root metadata for an episode store recorded on this robot."""
+        s = self.spec
+        return {
+            "robot": s.name,
+            "control_hz": float(s.control_hz),
+            "action_space": {
+                "kind": s.action_kind,
+                "low": list(s.action_low),
+                "high": list(s.action_high),
+            },
+            "obs_keys": {"low_dim": [k for k in s.obs_keys if not k.endswith("_image")]},
+        }
+
     def start_episode(self, seed: int | None = None) -> None:  # noqa: B027 (a default)
         """Begin an episode: a simulator resets its scene (``seed``); hardware clears its stop
         latch (the operator sets the scene up)."""

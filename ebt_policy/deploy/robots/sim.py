@@ -50,7 +50,9 @@ class SimRobot(Robot):
     ) -> None:
         from ebt_policy.envs import get_task
 
-        task_spec = get_task(task)
+        task_spec = self.task_spec = get_task(task)
+        self.env_kwargs = dict(env_kwargs or {})
+        cameras = task_spec.rgb_keys if self.env_kwargs.get("images") else ()
         hz = float(control_hz if control_hz is not None else task_spec.control_hz)
         if not hz > 0 or obs_latency_s < 0 or not 0 <= drop_prob < 1:
             raise ConfigError(
@@ -64,13 +66,12 @@ class SimRobot(Robot):
             action_low=tuple(task_spec.action_low),
             action_high=tuple(task_spec.action_high),
             control_hz=hz,
-            obs_keys=task_spec.obs_keys,
+            obs_keys=task_spec.obs_keys + tuple(cameras),
             action_kind=task_spec.action_kind,
             max_episode_steps=task_spec.max_episode_steps,
         )
         self.obs_latency_s = float(obs_latency_s)
         self.drop_prob = float(drop_prob)
-        self.env_kwargs = dict(env_kwargs or {})
         self.clock = clock
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
@@ -101,6 +102,11 @@ class SimRobot(Robot):
         from ebt_policy.envs import make_env
 
         return make_env(self.task, **self.env_kwargs)
+
+    def dataset_metadata(self) -> dict[str, Any]:
+        """The task's store metadata (so the env can be rebuilt), at the rate this robot ran."""
+        meta = self.task_spec.dataset_metadata(**self.env_kwargs)
+        return {**meta, "robot": self.spec.name, "control_hz": self.spec.control_hz}
 
     def start_episode(self, seed: int | None = None) -> None:
         with self._lock:
