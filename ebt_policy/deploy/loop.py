@@ -59,11 +59,12 @@ class StepLog:
     """One control tick."""
 
     step: int
-    tick: float  # monotonic time the tick started
+    tick: float  # monotonic time the tick really started (after the precise sleep)
     obs_timestamp: float
     obs_seq: int
     obs_status: str  # fresh, repeat, stale or out_of_order
     chunk: int  # id of the chunk the action came from; -1: held
+    chunk_obs_time: float | None  # capture time of the frame that chunk was planned from
     latency_s: float | None  # planning latency of that chunk
     energy: float | None
     steps: int | None
@@ -195,7 +196,8 @@ class DeployLoop:
         assert worker is not None
         rate = Rate(self.rate_hz)
         for step in range(self.max_steps or 2**62):
-            tick = rate.sleep()
+            rate.sleep()
+            tick = time.monotonic()  # when this tick really started, not its deadline
             events: list[str] = []
             obs = robot.observation()
             status = safety.check_observation(obs, tick)
@@ -278,6 +280,7 @@ class DeployLoop:
             obs_seq=int(obs["seq"]),
             obs_status=status or "fresh",
             chunk=chunk.id if chunk is not None else -1,
+            chunk_obs_time=chunk.t_obs if chunk is not None else None,
             latency_s=chunk.latency_s if chunk is not None else None,
             energy=chunk.energy if chunk is not None else None,
             steps=chunk.steps if chunk is not None else None,
