@@ -70,3 +70,44 @@ def test_deploy_cli_refuses_an_unknown_robot(twogoal_checkpoint: Path, capsys) -
     argv = ["deploy", "--checkpoint", str(twogoal_checkpoint), "--robot", "ur5"]
     assert cli_main(argv) == 2
     assert "sim:<task>" in capsys.readouterr().err
+
+
+def test_two_processes_over_loopback(twogoal_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """`ebt-policy robot-server` in a child process, `ebt-policy deploy --robot tcp://...` here;
+    SIGTERM then stops the server cleanly (exit 143)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "ebt_policy.cli", "robot-server", "--robot", "sim:twogoal"]
+    cmd += ["--bind", f"tcp://127.0.0.1:{port}", "--rate", "50"]
+    server = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert "serving" in server.stdout.readline()
+        store = tmp_path / "rec"
+        argv = ["deploy", "--checkpoint", str(twogoal_checkpoint)]
+        argv += ["--robot", f"tcp://127.0.0.1:{port}", "--rate", "50", "--duration", "0.4"]
+        argv += ["--record", str(store)]
+        assert cli_main(argv) == 0, capsys.readouterr()
+        assert "recorded 1 episodes" in capsys.readouterr().out
+        assert cli_main(["dataset", "info", str(store)]) == 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        rc = server.wait(timeout=20)
+    assert rc == 143, server.stderr.read()[-2000:]
+
+
+def test_robot_server_refuses_a_non_loopback_bind_without_flag_and_token(capsys) -> None:
+    argv = ["robot-server", "--robot", "sim:twogoal", "--bind", "tcp://0.0.0.0:5555"]
+    assert cli_main(argv) == 2
+    assert "allow-remote" in capsys.readouterr().err
+    assert cli_main([*argv, "--allow-remote"]) == 2
+    assert "token" in capsys.readouterr().err

@@ -33,7 +33,7 @@ RULES = {
     "deploy": (
         "import ebt_policy.deploy, ebt_policy.deploy.loop, ebt_policy.deploy.safety, "
         "ebt_policy.deploy.inference, ebt_policy.deploy.record, ebt_policy.deploy.robots, "
-        "ebt_policy.deploy.cli",
+        "ebt_policy.deploy.cli, ebt_policy.deploy.bridge",
         ["zarr", "mujoco", "ebt_policy.datasets", "ebt_policy.training"],
     ),
     "datasets": (

@@ -18,7 +18,7 @@ import numpy as np
 
 from ebt_policy.errors import ConfigError, Interrupted
 
-__all__ = ["FAULT_EXIT", "DeployArgs", "main"]
+__all__ = ["FAULT_EXIT", "DeployArgs", "ServerArgs", "main", "server_main"]
 
 FAULT_EXIT = 3  # a safety fault stopped the robot (not a user error, not a bug)
 
@@ -30,7 +30,8 @@ class DeployArgs:
     checkpoint: Path
     """Run or checkpoint directory."""
     robot: str
-    """sim:<task> (a registered task stepping in real time in this process)."""
+    """sim:<task> (a registered task stepping in real time in this process) or tcp://HOST:PORT
+    (a robot served by `ebt-policy robot-server`; its token from EBT_ROBOT_TOKEN)."""
     episodes: int = 1
     seed: int = 100_000
     """Episode i resets a simulated scene with seed + i."""
@@ -102,6 +103,17 @@ def _summary_table(reports: list[Any], rate_hz: float) -> Any:
     return table
 
 
+def _check_obs_keys(policy: Any, robot: Any, args: DeployArgs) -> None:
+    """ConfigError when the robot lacks an observation the policy reads."""
+    wanted = list(getattr(policy, "shape_meta", {}).get("obs", {}))
+    missing = [k for k in wanted if k not in robot.spec.obs_keys]
+    if missing:
+        raise ConfigError(
+            f"--robot {args.robot}: has no observation {missing[0]!r} that {args.checkpoint} "
+            f"reads (robot keys: {list(robot.spec.obs_keys)})"
+        )
+
+
 def _jsonl_row(log: Any) -> str:
     row = {k: getattr(log, k) for k in log.__dataclass_fields__}
     row["action"] = [float(x) for x in log.action]
@@ -136,29 +148,6 @@ def main(argv: list[str]) -> int:
         kwargs["env_kwargs"] = _env_kwargs(args.checkpoint, task)
     robot = make_robot(args.robot, **kwargs)
     policy = load_policy(args.checkpoint, device=device)
-    wanted = list(getattr(policy, "shape_meta", {}).get("obs", {}))
-    missing = [k for k in wanted if k not in robot.spec.obs_keys]
-    if missing:
-        raise ConfigError(
-            f"--robot {args.robot}: has no observation {missing[0]!r} that {args.checkpoint} "
-            f"reads (robot keys: {list(robot.spec.obs_keys)})"
-        )
-    rate_hz = float(args.rate or robot.spec.control_hz)
-    config = LoopConfig(
-        rate_hz=rate_hz,
-        max_steps=int(args.duration * rate_hz) if args.duration else None,
-        safety=SafetyConfig(
-            max_step_change=args.max_step_change,
-            max_obs_age_s=args.max_obs_age,
-            max_nonfinite=args.max_nonfinite,
-        ),
-    )
-    recorder = None
-    if args.record is not None:
-        from ebt_policy.deploy.record import EpisodeRecorder
-
-        recorder = EpisodeRecorder(args.record, robot.dataset_metadata(), list(robot.spec.obs_keys))
-    log_file = open(args.log, "w") if args.log is not None else None  # noqa: SIM115
     status = {"last": time.monotonic()}
 
     def on_step(log: Any, obs: Any) -> None:
@@ -173,8 +162,26 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     reports = []
+    recorder = log_file = None
     try:
-        with robot:
+        with robot:  # a remote robot's spec is known once connected
+            _check_obs_keys(policy, robot, args)
+            rate_hz = float(args.rate or robot.spec.control_hz)
+            config = LoopConfig(
+                rate_hz=rate_hz,
+                max_steps=int(args.duration * rate_hz) if args.duration else None,
+                safety=SafetyConfig(
+                    max_step_change=args.max_step_change,
+                    max_obs_age_s=args.max_obs_age,
+                    max_nonfinite=args.max_nonfinite,
+                ),
+            )
+            if args.record is not None:
+                from ebt_policy.deploy.record import EpisodeRecorder
+
+                meta, keys = robot.dataset_metadata(), list(robot.spec.obs_keys)
+                recorder = EpisodeRecorder(args.record, meta, keys)
+            log_file = open(args.log, "w") if args.log is not None else None  # noqa: SIM115
             loop = DeployLoop(policy, robot, config, on_step)
             try:
                 for ep in range(args.episodes):
@@ -194,3 +201,60 @@ def main(argv: list[str]) -> int:
     if recorder is not None:
         print(f"recorded {recorder.n_written} episodes into {args.record}")
     return 0 if all(r.fault is None for r in reports) else FAULT_EXIT
+
+
+@dataclass
+class ServerArgs:
+    """Serve a robot over zmq for `ebt-policy deploy --robot tcp://HOST:PORT` (loopback by
+    default). The server stops the robot when its client is silent past --client-timeout."""
+
+    robot: str
+    """sim:<task> (a registered task stepping in real time)."""
+    bind: str = "tcp://127.0.0.1:5555"
+    allow_remote: bool = False
+    """Allow a non-loopback --bind (needs a token: whoever reaches the port moves the robot)."""
+    token_file: Path | None = None
+    """File holding the shared secret (default: the EBT_ROBOT_TOKEN environment variable)."""
+    client_timeout: float = 0.5
+    """Stop the robot when the client says nothing for this many seconds."""
+    rate: float | None = None
+    """Simulated robots: control rate in Hz (default: the task's)."""
+    obs_latency: float = 0.0
+    drop_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.client_timeout > 0:
+            raise ConfigError(f"--client-timeout must be > 0, got {self.client_timeout}")
+
+
+def server_main(argv: list[str]) -> int:
+    """Entry point of `ebt-policy robot-server`."""
+    import logging
+    import os
+
+    from ebt_policy.cli import parse_flags
+    from ebt_policy.utils import default_mujoco_gl
+
+    args = parse_flags(ServerArgs, argv, "ebt-policy robot-server")
+    token = os.environ.get("EBT_ROBOT_TOKEN") or None
+    if args.token_file is not None:
+        if not args.token_file.is_file():
+            raise ConfigError(f"--token-file {args.token_file}: no such file")
+        token = args.token_file.read_text().strip() or None
+    from ebt_policy.deploy.bridge import RobotServer, check_bind
+
+    check_bind(args.bind, args.allow_remote, token)  # refused before the robot starts
+    if not args.robot.startswith("sim:"):
+        raise ConfigError(f"--robot {args.robot!r}: the server drives sim:<task> robots")
+    default_mujoco_gl()
+    from ebt_policy.deploy.robots import make_robot
+
+    robot = make_robot(
+        args.robot, control_hz=args.rate, obs_latency_s=args.obs_latency, drop_prob=args.drop_prob
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    server = RobotServer(robot, args.bind, token, args.allow_remote, args.client_timeout)
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"serving {robot.spec.name} at {args.bind} (Ctrl-C stops)", flush=True)
+    server.serve()  # Ctrl-C / SIGTERM: the robot is stopped and disconnected on the way out
+    return 0

@@ -14,6 +14,7 @@ stops it on every exit, exceptions and Ctrl-C included.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -30,6 +31,8 @@ from ebt_policy.deploy.timing import Rate
 from ebt_policy.errors import ConfigError
 
 __all__ = ["DeployLoop", "EpisodeReport", "LoopConfig", "StepLog"]
+
+log = logging.getLogger("ebt_policy.deploy")
 
 
 @dataclass
@@ -140,8 +143,13 @@ class DeployLoop:
         report = EpisodeReport(episode, seed, 0, None, None, Counter(), [], [])
         try:
             self._run_episode(report)
-        finally:
-            self.robot.stop()  # every exit: done, fault, exception, Ctrl-C
+        except BaseException:  # a fault in the loop, Ctrl-C: stop, and keep the first error
+            try:
+                self.robot.stop()
+            except Exception:
+                log.exception("robot.stop() failed while handling an error")
+            raise
+        self.robot.stop()  # the episode's end
         if self.safety.fault is not None:
             report.fault = self.safety.fault.reason
         return report
@@ -273,7 +281,7 @@ class DeployLoop:
             name, _, count = e.partition(":")
             report.events[name] += int(count or 1)
         report.steps = step + 1
-        log = StepLog(
+        entry = StepLog(
             step=step,
             tick=tick,
             obs_timestamp=float(obs["timestamp"]),
@@ -287,6 +295,6 @@ class DeployLoop:
             action=np.asarray(action, np.float64).copy(),
             events=events,
         )
-        report.log.append(log)
+        report.log.append(entry)
         if self.on_step is not None:
-            self.on_step(log, obs)
+            self.on_step(entry, obs)
