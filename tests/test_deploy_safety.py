@@ -175,3 +175,32 @@ def test_stop_action_of_a_delta_robot_is_zero() -> None:
     layer.filter(np.array([0.9, 0.9]))
     layer.trip("estop")
     np.testing.assert_array_equal(layer.hold(), [0.0, 0.0])
+
+
+def test_acceleration_limit_ramps_a_sudden_change() -> None:
+    layer = _layer(max_step_change=1.0, max_step_accel=0.1)
+    layer.reset(np.array([0.0, 0.0]))
+    sent = [layer.filter(np.array([0.0, 1.0]))[0][1] for _ in range(4)]  # limit 2: far away
+    np.testing.assert_allclose(sent, [0.1, 0.3, 0.6, 1.0])  # steps 0.1, 0.2, 0.3, 0.4
+    assert layer.events["accel_capped"] == 3
+
+
+def test_acceleration_limit_slows_down_before_a_position_limit() -> None:
+    layer = _layer(max_step_change=1.0, max_step_accel=0.1)
+    layer.reset(np.array([0.0, 0.0]))
+    xs = [layer.filter(np.array([5.0, 0.0]))[0][0] for _ in range(30)]  # past the limit 1.0
+    assert max(xs) <= 1.0 and xs[-1] == pytest.approx(1.0, abs=0.1)
+    steps = np.diff([0.0, *xs])
+    assert np.all(np.abs(np.diff([0.0, *steps])) <= 0.1 + 1e-9)  # braked within the limit
+
+
+def test_random_targets_never_exceed_the_acceleration_limit() -> None:
+    layer = _layer(max_step_change=0.3, max_step_accel=0.05)
+    rng = np.random.default_rng(1)
+    prev, prev_step = layer.last_action.copy(), np.zeros(2)
+    for _ in range(300):
+        sent, _ = layer.filter(rng.uniform(-1, 1, size=2))
+        step = sent - prev
+        assert np.all(np.abs(step) <= 0.3 + 1e-9)
+        assert np.all(np.abs(step - prev_step) <= 0.05 + 1e-9)
+        prev, prev_step = sent, step

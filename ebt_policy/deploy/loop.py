@@ -26,7 +26,7 @@ import numpy as np
 
 from ebt_policy.deploy.inference import Chunk, InferenceWorker, PlanFailure
 from ebt_policy.deploy.robot import Observation, Robot
-from ebt_policy.deploy.safety import SafetyConfig, SafetyLayer
+from ebt_policy.deploy.safety import SafetyConfig, SafetyLayer, check_positive
 from ebt_policy.deploy.timing import Rate
 from ebt_policy.errors import ConfigError
 
@@ -49,10 +49,7 @@ class LoopConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self) -> None:
-        for name in ("rate_hz", "watchdog_hold_s", "watchdog_stop_s"):
-            value = getattr(self, name)
-            if value is not None and not (np.isfinite(value) and value > 0):
-                raise ConfigError(f"LoopConfig.{name}: must be finite and > 0, got {value}")
+        check_positive(self, ("rate_hz", "watchdog_hold_s", "watchdog_stop_s"))
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"LoopConfig.max_steps: must be >= 1, got {self.max_steps}")
 

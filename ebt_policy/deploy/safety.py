@@ -7,7 +7,9 @@ Order of the action checks (each an event the loop counts and records):
    action, count, and latch a fault after ``max_nonfinite`` non-finite outputs in a row;
 3. absolute clip to the action limits;
 4. per-step change cap: no component moves more than ``max_step_change`` from the last action
-   sent (LeRobot's ``max_relative_target``).
+   sent (LeRobot's ``max_relative_target``), a velocity limit for position targets;
+5. optional acceleration limit: the per-step change differs from the previous one by at most
+   ``max_step_accel``.
 
 Observations are checked for age (``max_obs_age_s`` since capture) and order (a sequence
 number or timestamp that goes backwards, or a new number with a timestamp that does not
@@ -28,23 +30,31 @@ import numpy as np
 from ebt_policy.deploy.robot import Observation, RobotSpec
 from ebt_policy.errors import ConfigError
 
-__all__ = ["Fault", "SafetyConfig", "SafetyLayer", "validate_limits"]
+__all__ = ["Fault", "SafetyConfig", "SafetyLayer", "check_positive", "validate_limits"]
+
+
+def check_positive(owner: object, names: tuple[str, ...]) -> None:
+    """ConfigError naming ``Class.field`` for a field of ``owner`` that is set (not None) but not
+    finite and > 0."""
+    for name in names:
+        value = getattr(owner, name)
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise ConfigError(f"{type(owner).__name__}.{name}: must be finite and > 0, got {value}")
 
 
 @dataclass
 class SafetyConfig:
     """Safety thresholds (action units and seconds). None disables a check."""
 
-    max_step_change: float | None = 0.5  # per control step, per action component
+    max_step_change: float | None = 0.5  # per control step, per action component (a velocity)
+    # most change of the per-step change from one step to the next (an acceleration limit)
+    max_step_accel: float | None = None
     max_nonfinite: int = 3  # non-finite policy outputs in a row before the fault latches
     max_obs_age_s: float | None = 0.2  # an observation older than this is stale
     max_stale: int = 5  # stale ticks in a row before the fault latches
 
     def __post_init__(self) -> None:
-        for name in ("max_step_change", "max_obs_age_s"):
-            value = getattr(self, name)
-            if value is not None and not (np.isfinite(value) and value > 0):
-                raise ConfigError(f"SafetyConfig.{name}: must be finite and > 0, got {value}")
+        check_positive(self, ("max_step_change", "max_step_accel", "max_obs_age_s"))
         for name in ("max_nonfinite", "max_stale"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SafetyConfig.{name}: must be >= 1, got {getattr(self, name)}")
@@ -74,6 +84,20 @@ def validate_limits(low: object, high: object, action_dim: int) -> tuple[np.ndar
             f"action limits: need high > low everywhere, got {lo.tolist()}, {hi.tolist()}"
         )
     return lo, hi
+
+
+def _braking_step(room: np.ndarray, a: float) -> np.ndarray:
+    """Per component, the largest step s whose braking run s, s - a, s - 2a, ... (its positive
+    terms) covers at most ``room``: then slowing down by ``a`` per step always stops in time,
+    so the acceleration limit and the position limits never contradict each other."""
+    # with K = floor(s / a) the run covers (K + 1) s - a K (K + 1) / 2, increasing in s
+    guess = np.floor((np.sqrt(a * a / 4 + 2 * a * room) - a / 2) / a)
+    best = np.zeros_like(room)
+    for dk in (-1.0, 0.0, 1.0):
+        k = np.maximum(guess + dk, 0.0)
+        s = np.minimum((room + a * k * (k + 1) / 2) / (k + 1), (k + 1) * a)
+        best = np.where(s >= k * a, np.maximum(best, s), best)
+    return best
 
 
 class SafetyLayer:
@@ -116,6 +140,7 @@ class SafetyLayer:
         self._last_seq: int | None = None
         self._last_ts: float | None = None
         self.last_action = self.spec.stop_action(last_action)
+        self._last_step = np.zeros(self.spec.action_dim)  # last change sent (for max_step_accel)
 
     @property
     def stop_action(self) -> np.ndarray:
@@ -154,19 +179,35 @@ class SafetyLayer:
         clipped = np.clip(a, self.low, self.high)
         if not np.array_equal(clipped, a):
             events.append("clipped")
-        cap = self.config.max_step_change
+        cap, accel = self.config.max_step_change, self.config.max_step_accel
         if cap is not None:
             capped = np.clip(clipped, self.last_action - cap, self.last_action + cap)
             if not np.array_equal(capped, clipped):
                 events.append("step_capped")
             clipped = capped
+        if accel is not None:
+            clipped = self._ramp(clipped, accel, events)
         for e in events:
             self.events[e] += 1
+        self._last_step = clipped - self.last_action
         self.last_action = clipped
         return clipped.copy(), events
 
+    def _ramp(self, target: np.ndarray, accel: float, events: list[str]) -> np.ndarray:
+        """Move toward ``target`` with the step changing by at most ``accel`` per control step,
+        slowing down near the limits so that braking at ``accel`` stops inside them."""
+        want = target - self.last_action
+        step = np.clip(want, self._last_step - accel, self._last_step + accel)
+        v_hi = _braking_step(np.maximum(self.high - self.last_action, 0.0), accel)
+        v_lo = _braking_step(np.maximum(self.last_action - self.low, 0.0), accel)
+        step = np.clip(step, -v_lo, v_hi)
+        if not np.allclose(step, want, rtol=0, atol=1e-12):
+            events.append("accel_capped")
+        return np.clip(self.last_action + step, self.low, self.high)
+
     def hold(self) -> np.ndarray:
         """The last safe action (what a loop without a usable fresh action sends)."""
+        self._last_step = np.zeros(self.spec.action_dim)  # holding: the target stands still
         return self.stop_action if self.fault else self.last_action.copy()
 
     # ------------------------------------------------------------------ observations
