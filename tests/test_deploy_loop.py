@@ -9,10 +9,12 @@ import time
 import numpy as np
 import pytest
 
+from ebt_policy.deploy.energy import EnergyConfig
 from ebt_policy.deploy.loop import DeployLoop, LoopConfig
 from ebt_policy.deploy.robots.sim import SimRobot
 from ebt_policy.deploy.safety import SafetyConfig
 from ebt_policy.envs import make_expert
+from ebt_policy.errors import ConfigError
 from ebt_policy.policies.base import ChunkPrediction
 
 HZ = 50.0  # the robot and loop rate in these tests (twogoal physics per step, 2.5x real time)
@@ -29,7 +31,10 @@ class ScriptedPolicy:
     n_action_steps = TA
     horizon = 8
 
-    def __init__(self, delay_s=0.0, nan=(), raise_on=(), stall_on=(), huge=(), expert=True):
+    def __init__(
+        self, delay_s=0.0, nan=(), raise_on=(), stall_on=(), huge=(), expert=True, energies=None
+    ):
+        self.energies = energies
         self.delay_s, self.nan, self.raise_on = delay_s, set(nan), set(raise_on)
         self.stall_on, self.huge, self.use_expert = set(stall_on), set(huge), expert
         self.calls = 0
@@ -61,8 +66,9 @@ class ScriptedPolicy:
             actions[0, 1, 0] = np.nan
         if i in self.huge:
             actions[:] = 1e6
+        energy = self.energies[min(i, len(self.energies) - 1)] if self.energies else 0.5 + i
         return ChunkPrediction(
-            actions=actions, chunk=actions, energy=np.array([0.5 + i]), steps=np.array([2])
+            actions=actions, chunk=actions, energy=np.array([energy]), steps=np.array([2])
         )
 
 
@@ -226,3 +232,57 @@ def test_estop_from_another_thread_latches_until_reset() -> None:
         third = loop.run_episode(2, seed=3)
         assert third.fault is None and third.steps > 10
         loop.close()
+
+
+def test_energy_above_the_stop_threshold_stops_the_robot() -> None:
+    policy = ScriptedPolicy(expert=False)  # energy 0.5 + call index
+    report, robot, _ = _run(policy, max_steps=100, energy=EnergyConfig(stop_above=2.9))
+    assert report.fault == "energy" and robot._stopped
+    assert policy.calls == 4  # warm-up, first chunk, 2.5, then 3.5 > 2.9
+
+
+class _Descent:
+    descent_steps = 3
+
+
+class SteppablePolicy(ScriptedPolicy):
+    """A scripted policy with EBT's set_inference, recording the descent steps it plans with."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.config = type("Cfg", (), {"descent": _Descent()})()
+        self.steps_used: list[int] = []
+
+    def set_inference(self, descent_steps=None, descent_min_grad=None) -> None:
+        self.config.descent.descent_steps = descent_steps
+
+    def predict_chunk(self, obs_window, rows=None) -> ChunkPrediction:
+        self.steps_used.append(self.config.descent.descent_steps)
+        return super().predict_chunk(obs_window, rows)
+
+
+def test_a_high_energy_chunk_is_held_and_replanned_with_more_steps() -> None:
+    policy = SteppablePolicy(expert=False, energies=[0.1, 0.1, 5.0, 0.1])
+    energy = EnergyConfig(replan_above=1.0, replan_steps=20)
+    report, robot, _ = _run(policy, energy=energy)
+    assert report.fault is None and report.events["energy_replan"] == 1
+    assert policy.steps_used[:4] == [3, 3, 3, 20] and set(policy.steps_used[4:]) == {3}
+
+
+def test_a_middling_energy_chunk_is_executed_with_smaller_steps() -> None:
+    policy = ScriptedPolicy(expert=False, energies=[0.1, 0.5])  # the constant action 0.2
+    energy = EnergyConfig(scale_above=0.3, scale_factor=0.5)
+    report, robot, _ = _run(policy, energy=energy)
+    used = np.array([s.action for s in report.log if s.chunk >= 1])  # chunks after the first
+    np.testing.assert_allclose(used, np.tile([0.1, 0.0], (len(used), 1)))
+    assert report.events["energy_scaled"] > 0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"scale_above": 2.0, "stop_above": 1.0}, {"replan_above": 3.0, "stop_above": 3.0},
+     {"scale_factor": 0.0}, {"replan_steps": 0}],
+)  # fmt: skip
+def test_energy_thresholds_out_of_order_refuse_to_start(kw) -> None:
+    with pytest.raises(ConfigError, match="EnergyConfig"):
+        EnergyConfig(**kw)

@@ -50,6 +50,15 @@ class DeployArgs:
     """Safety: an observation older than this (s) is stale; 5 in a row stop the robot."""
     max_nonfinite: int = 3
     """Safety: this many NaN/Inf chunks in a row stop the robot."""
+    max_step_accel: float | None = None
+    """Safety: most change of the per-step change (an acceleration limit; default: off)."""
+    energy_scale: float | None = None
+    """Energy above this: execute the chunk with half-size steps (default: off)."""
+    energy_replan: float | None = None
+    """Energy above this: hold and plan again (with --energy-replan-steps descent steps)."""
+    energy_replan_steps: int | None = None
+    energy_stop: float | None = None
+    """Energy above this: stop the robot and wait for the operator (default: off)."""
     obs_latency: float = 0.0
     """Simulated robots: delay every observation by this many seconds."""
     drop_prob: float = 0.0
@@ -135,6 +144,7 @@ def main(argv: list[str]) -> int:
     check_output_path(args.log, "file", "--log")
     default_mujoco_gl()
     from ebt_policy import load_policy
+    from ebt_policy.deploy.energy import EnergyConfig
     from ebt_policy.deploy.loop import DeployLoop, LoopConfig
     from ebt_policy.deploy.robots import make_robot
     from ebt_policy.deploy.safety import SafetyConfig
@@ -170,7 +180,14 @@ def main(argv: list[str]) -> int:
             config = LoopConfig(
                 rate_hz=rate_hz,
                 max_steps=int(args.duration * rate_hz) if args.duration else None,
+                energy=EnergyConfig(
+                    scale_above=args.energy_scale,
+                    replan_above=args.energy_replan,
+                    replan_steps=args.energy_replan_steps,
+                    stop_above=args.energy_stop,
+                ),
                 safety=SafetyConfig(
+                    max_step_accel=args.max_step_accel,
                     max_step_change=args.max_step_change,
                     max_obs_age_s=args.max_obs_age,
                     max_nonfinite=args.max_nonfinite,

@@ -11,11 +11,12 @@ reported as a :class:`PlanFailure` and the control thread decides what to do.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,8 @@ class Chunk:
     steps: int | None
     latency_s: float  # request to ready
     t_ready: float
+    replanned: bool = False  # planned again because the first plan's energy was too high
+    scale: float = 1.0  # fraction of each step to keep (the energy response "scale")
 
 
 @dataclass
@@ -74,6 +77,21 @@ class _GuardedPolicy:
         return pred
 
 
+@contextlib.contextmanager
+def _descent_steps(policy: Any, steps: int | None) -> Iterator[None]:
+    """Plan with ``steps`` descent steps, then restore the policy's own setting."""
+    descent = getattr(getattr(policy, "config", None), "descent", None)
+    if steps is None or not hasattr(policy, "set_inference") or descent is None:
+        yield
+        return
+    before = descent.descent_steps
+    policy.set_inference(descent_steps=steps)
+    try:
+        yield
+    finally:
+        policy.set_inference(descent_steps=before)
+
+
 def policy_obs(obs: Mapping[str, Any], keys: Sequence[str] | None) -> dict[str, np.ndarray]:
     """The policy inputs of a robot observation (no timestamp / seq / flags)."""
     names = keys if keys is not None else [k for k in obs if k not in META_KEYS]
@@ -97,6 +115,7 @@ class InferenceWorker:
         action_offset: float = 0.0,
         obs_keys: Sequence[str] | None = None,
     ) -> None:
+        self.policy = policy
         self.executor = RolloutExecutor(_GuardedPolicy(policy), n_rows=1)
         self.dt = float(dt)
         self.action_offset = float(action_offset)
@@ -118,10 +137,11 @@ class InferenceWorker:
         """Add a fresh frame to the policy's history."""
         self._commands.put(("observe", obs))
 
-    def request(self) -> None:
-        """Plan a chunk from the frames observed so far; the result lands in :attr:`results`."""
+    def request(self, descent_steps: int | None = None, replanned: bool = False) -> None:
+        """Plan a chunk from the frames observed so far (with ``descent_steps`` where the policy
+        has ``set_inference``); the result lands in :attr:`results`."""
         self.in_flight = True
-        self._commands.put(("plan", time.monotonic()))
+        self._commands.put(("plan", (time.monotonic(), descent_steps, replanned)))
 
     def poll(self) -> list[Chunk | PlanFailure]:
         """Results ready now (non-blocking)."""
@@ -163,12 +183,13 @@ class InferenceWorker:
                 self.executor.observe(0, policy_obs(arg, self.obs_keys))
                 self._t_obs = float(arg["timestamp"])
             else:
-                self.results.put(self._plan(requested=arg))
+                self.results.put(self._plan(*arg))
 
-    def _plan(self, requested: float) -> Chunk | PlanFailure:
+    def _plan(self, requested: float, steps: int | None, replanned: bool) -> Chunk | PlanFailure:
         t_obs = self._t_obs
         try:
-            plan = self.executor.plan([0])
+            with _descent_steps(self.policy, steps):
+                plan = self.executor.plan([0])
         except NonFiniteOutput as exc:
             return PlanFailure("nonfinite", exc, time.monotonic())
         except Exception as exc:  # the policy raised: the control thread holds, then stops
@@ -186,4 +207,5 @@ class InferenceWorker:
             steps=record.steps,
             latency_s=now - requested,
             t_ready=now,
+            replanned=replanned,
         )

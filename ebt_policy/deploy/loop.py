@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ebt_policy.deploy.energy import EnergyConfig
 from ebt_policy.deploy.inference import Chunk, InferenceWorker, PlanFailure
 from ebt_policy.deploy.robot import Observation, Robot
 from ebt_policy.deploy.safety import SafetyConfig, SafetyLayer, check_positive
@@ -47,6 +48,7 @@ class LoopConfig:
     watchdog_hold_s: float | None = None  # default: 1.5 chunk durations without a fresh chunk
     watchdog_stop_s: float | None = None  # default: 2.5 chunk durations
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)  # all responses off by default
 
     def __post_init__(self) -> None:
         check_positive(self, ("rate_hz", "watchdog_hold_s", "watchdog_stop_s"))
@@ -195,6 +197,9 @@ class DeployLoop:
         if not isinstance(first, Chunk):
             safety.trip("first_plan", repr(first.error) if first else "timed out")
             return
+        self._energy_ok(first, [], can_replan=False)
+        if safety.fault is not None:
+            return
         safety.check_observation(obs, time.monotonic())
         chunk: Chunk = first
         worker = self._worker
@@ -215,9 +220,10 @@ class DeployLoop:
             for result in worker.poll():
                 if isinstance(result, Chunk):
                     safety.finite_output()
-                    chunk = result
-                    report.latencies_s.append(chunk.latency_s)
-                    self.steady_latencies.append(chunk.latency_s)
+                    report.latencies_s.append(result.latency_s)
+                    self.steady_latencies.append(result.latency_s)
+                    if self._energy_ok(result, events):
+                        chunk = result
                 else:
                     events.append(f"plan_{result.kind}")
                     if result.kind == "nonfinite":
@@ -241,6 +247,23 @@ class DeployLoop:
             if obs.get("done"):
                 return
 
+    def _energy_ok(self, chunk: Chunk, events: list[str], can_replan: bool = True) -> bool:
+        """Apply the energy response to a new chunk; True when the loop should use it."""
+        energy_cfg = self.config.energy
+        response = energy_cfg.response(chunk.energy, chunk.replanned or not can_replan)
+        if response == "stop":
+            self.safety.trip("energy", f"chunk energy {chunk.energy:.4g} > {energy_cfg.stop_above}")
+            return False
+        if response == "replan":
+            events.append("energy_replan")
+            assert self._worker is not None
+            self._worker.request(energy_cfg.replan_steps, replanned=True)
+            return False
+        if response == "scale":
+            events.append("energy_scaled")
+            chunk.scale = energy_cfg.scale_factor
+        return True
+
     def _pick(
         self, chunk: Chunk, tick: float, status: str | None, age: float, events: list[str]
     ) -> tuple[np.ndarray, int]:
@@ -261,7 +284,14 @@ class DeployLoop:
         if i > start:
             events.append(f"dropped_late:{i - start}")
         self._cursor = (chunk.id, i + 1)
-        return chunk.actions[i], i + 1
+        action = chunk.actions[i]
+        if chunk.scale != 1.0:  # a careful chunk: keep only part of each step
+            if self.robot.spec.action_kind == "delta":
+                action = action * chunk.scale
+            else:
+                last = self.safety.last_action
+                action = last + chunk.scale * (action - last)
+        return action, i + 1
 
     def _log(
         self,

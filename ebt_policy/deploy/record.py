@@ -22,9 +22,23 @@ from ebt_policy.deploy.robot import Observation
 __all__ = ["EVENT_BITS", "EpisodeRecorder"]
 
 EVENT_BITS = (
-    "clipped", "step_capped", "nonfinite", "shape", "faulted", "over_budget", "dropped_late",
-    "hold_obs", "hold_watchdog", "stale", "out_of_order", "plan_nonfinite", "plan_error",
-)  # fmt: skip
+    "clipped",
+    "step_capped",
+    "nonfinite",
+    "shape",
+    "faulted",
+    "over_budget",
+    "dropped_late",
+    "hold_obs",
+    "hold_watchdog",
+    "stale",
+    "out_of_order",
+    "plan_nonfinite",
+    "plan_error",
+    "accel_capped",
+    "energy_replan",
+    "energy_scaled",
+)  # fmt: skip (append only: a bit keeps its meaning in stores already recorded)
 
 
 def _bits(events: list[str]) -> int:
