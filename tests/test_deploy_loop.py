@@ -286,3 +286,19 @@ def test_a_middling_energy_chunk_is_executed_with_smaller_steps() -> None:
 def test_energy_thresholds_out_of_order_refuse_to_start(kw) -> None:
     with pytest.raises(ConfigError, match="EnergyConfig"):
         EnergyConfig(**kw)
+
+
+def test_a_plan_in_flight_when_an_episode_ends_is_never_executed_in_the_next() -> None:
+    from ebt_policy.deploy.inference import InferenceWorker
+
+    policy = ScriptedPolicy(expert=False, delay_s=0.1)
+    worker = InferenceWorker(policy, dt=0.02)
+    frame = {"agent_pos": np.zeros(2), "agent_vel": np.zeros(2), "timestamp": 1.0, "seq": 1}
+    worker.start_episode(frame, seed=0)
+    worker.request()  # episode 1's plan, still running when episode 2 starts
+    worker.start_episode({**frame, "timestamp": 2.0, "seq": 2}, seed=1)
+    worker.request()
+    result = worker.wait(5.0)
+    assert result.t_obs == 2.0 and not worker.in_flight
+    assert worker.wait(0.3) is None  # episode 1's result was dropped
+    worker.close()

@@ -211,6 +211,8 @@ def main(argv: list[str]) -> int:
                         break
             finally:
                 loop.close()
+                if recorder is not None:  # an interrupted episode is kept too, as far as it got
+                    recorder.end_episode()
     finally:
         if log_file is not None:
             log_file.close()

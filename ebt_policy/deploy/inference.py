@@ -121,7 +121,10 @@ class InferenceWorker:
         self.action_offset = float(action_offset)
         self.obs_keys = list(obs_keys) if obs_keys is not None else None
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.results: queue.Queue[Chunk | PlanFailure] = queue.Queue()
+        self.results: queue.Queue[tuple[int, Chunk | PlanFailure]] = queue.Queue()
+        # episode counter: a result planned for an earlier episode (a plan still in flight when
+        # that episode ended) is discarded, never executed in the next one
+        self._generation = 0
         self._ids = itertools.count()
         self._t_obs = 0.0
         self.in_flight = False  # a plan was requested and its result not yet taken
@@ -130,7 +133,10 @@ class InferenceWorker:
 
     # ------------------------------------------------------------------ control-thread side
     def start_episode(self, obs: Observation, seed: int | None) -> None:
-        """Start the executor's episode from ``obs`` (queued behind earlier commands)."""
+        """Start the executor's episode from ``obs`` (queued behind earlier commands); results
+        of plans requested before are dropped."""
+        self._generation += 1
+        self.in_flight = False
         self._commands.put(("start", (obs, seed)))
 
     def observe(self, obs: Observation) -> None:
@@ -141,28 +147,33 @@ class InferenceWorker:
         """Plan a chunk from the frames observed so far (with ``descent_steps`` where the policy
         has ``set_inference``); the result lands in :attr:`results`."""
         self.in_flight = True
-        self._commands.put(("plan", (time.monotonic(), descent_steps, replanned)))
+        self._commands.put(("plan", (self._generation, time.monotonic(), descent_steps, replanned)))
 
     def poll(self) -> list[Chunk | PlanFailure]:
         """Results ready now (non-blocking)."""
         out = []
         while True:
             try:
-                out.append(self.results.get_nowait())
+                generation, result = self.results.get_nowait()
             except queue.Empty:
                 break
+            if generation == self._generation:
+                out.append(result)
         if out:
             self.in_flight = False
         return out
 
     def wait(self, timeout: float) -> Chunk | PlanFailure | None:
         """The next result, or None after ``timeout`` seconds."""
-        try:
-            result = self.results.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        self.in_flight = False
-        return result
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                generation, result = self.results.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                return None
+            if generation == self._generation:
+                self.in_flight = False
+                return result
 
     def close(self) -> None:
         """Ask the thread to finish (a stalled policy call is left to its daemon thread)."""
@@ -183,7 +194,8 @@ class InferenceWorker:
                 self.executor.observe(0, policy_obs(arg, self.obs_keys))
                 self._t_obs = float(arg["timestamp"])
             else:
-                self.results.put(self._plan(*arg))
+                generation, *plan_args = arg
+                self.results.put((generation, self._plan(*plan_args)))
 
     def _plan(self, requested: float, steps: int | None, replanned: bool) -> Chunk | PlanFailure:
         t_obs = self._t_obs
