@@ -44,6 +44,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "ebt_policy.envs.cli:eval_main",
         "Evaluate a checkpoint in simulation over seeded episodes (success, energy, videos).",
     ),
+    ("deploy",): ("ebt_policy.deploy.cli:main", "Run a trained policy on a robot in real time."),
+    ("robot-server",): ("ebt_policy.deploy.cli:server_main", "Serve a robot over zmq for deploy."),
     ("bench", "latency"): (
         "ebt_policy.bench.cli:latency_main",
         "Per-chunk latency of EBT, Diffusion Policy (DDPM / DDIM) and MSE at one preset.",

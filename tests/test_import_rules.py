@@ -28,6 +28,14 @@ RULES = {
         "policy.predict_chunk({'state': np.zeros((2, policy.n_obs_steps, 4), np.float32)})",
         [*STORE_AND_SIM, "ebt_policy.training"],
     ),
+    # the runtime that drives robots: only deploy/robots/sim.py reaches a simulator (through
+    # ebt_policy.envs) and only a recording opens the episode store (its public API, lazily)
+    "deploy": (
+        "import ebt_policy.deploy, ebt_policy.deploy.loop, ebt_policy.deploy.safety, "
+        "ebt_policy.deploy.inference, ebt_policy.deploy.record, ebt_policy.deploy.robots, "
+        "ebt_policy.deploy.cli, ebt_policy.deploy.bridge",
+        ["zarr", "mujoco", "ebt_policy.datasets", "ebt_policy.training"],
+    ),
     "datasets": (
         "import ebt_policy.datasets as d; d.WindowDataset, d.Normalizer, d.compute_stats",
         ["ebt_policy.policies", "ebt_policy.envs", "ebt_policy.training"],

@@ -1,0 +1,57 @@
+"""Responses to a chunk's energy, the policy's own score of its plan (lower is better).
+
+Three thresholds, each off by default, checked from the most severe: above ``stop_above`` the
+loop stops the robot and latches a fault for the operator; above ``replan_above`` the chunk is
+not used: the loop holds and plans again (with ``replan_steps`` descent steps where the policy
+has ``set_inference``), and uses that second plan whatever its energy, unless it crosses
+``stop_above``; above ``scale_above`` the chunk is used with every step scaled by
+``scale_factor`` (a slower, more careful motion). Until the checkpoint carries an energy
+calibration, thresholds are set explicitly (``--energy-stop`` etc.).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ebt_policy.deploy.safety import check_positive
+from ebt_policy.errors import ConfigError
+
+__all__ = ["EnergyConfig", "Response"]
+
+Response = Literal["use", "scale", "replan", "stop"]
+
+
+@dataclass
+class EnergyConfig:
+    """Energy thresholds (the policy's energy units); None switches a response off."""
+
+    scale_above: float | None = None
+    scale_factor: float = 0.5  # fraction of each step kept when scaling
+    replan_above: float | None = None
+    replan_steps: int | None = None  # descent steps for the re-plan (default: the policy's)
+    stop_above: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.scale_factor <= 1:
+            raise ConfigError(
+                f"EnergyConfig.scale_factor: must be in (0, 1], got {self.scale_factor}"
+            )
+        check_positive(self, ("replan_steps",))
+        set_ = [(n, getattr(self, n)) for n in ("scale_above", "replan_above", "stop_above")]
+        set_ = [(n, v) for n, v in set_ if v is not None]
+        for (n1, v1), (n2, v2) in zip(set_, set_[1:], strict=False):
+            if not v1 < v2:
+                raise ConfigError(f"EnergyConfig: need {n1} < {n2}, got {v1} and {v2}")
+
+    def response(self, energy: float | None, replanned: bool = False) -> Response:
+        """What to do with a chunk of ``energy`` (None: a policy without energy; always used)."""
+        if energy is None:
+            return "use"
+        if self.stop_above is not None and energy > self.stop_above:
+            return "stop"
+        if not replanned and self.replan_above is not None and energy > self.replan_above:
+            return "replan"
+        if self.scale_above is not None and energy > self.scale_above:
+            return "scale"
+        return "use"

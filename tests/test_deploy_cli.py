@@ -1,0 +1,113 @@
+"""`ebt-policy deploy` end to end on the simulated twogoal robot, with a recording."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ebt_policy.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def twogoal_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny MSE policy on twogoal's observations (fast; deploy only needs shapes)."""
+    from ebt_policy.envs import get_task
+    from ebt_policy.policies import make_policy, make_policy_config, save_pretrained
+
+    spec = get_task("twogoal")
+    shape_meta = {
+        "obs": {k: {"shape": [2], "type": "low_dim"} for k in spec.low_dim_keys},
+        "action": {"shape": [2]},
+    }
+    stats = {
+        k: {s: [-1.0, -1.0] for s in ("min", "q01")}
+        | {s: [1.0, 1.0] for s in ("max", "std", "q99")}
+        | {"mean": [0.0, 0.0]}
+        for k in (*spec.low_dim_keys, "action")
+    }
+    policy = make_policy(make_policy_config("mse", "tiny"), shape_meta, stats)
+    path = tmp_path_factory.mktemp("ckpt") / "twogoal"
+    save_pretrained(policy, path, shape_meta=shape_meta, dataset_metadata=spec.dataset_metadata())
+    return path
+
+
+def test_deploy_cli_runs_episodes_records_a_valid_store_and_logs_ticks(
+    twogoal_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    from ebt_policy.datasets import EpisodeStore
+
+    store, log = tmp_path / "rec", tmp_path / "ticks.jsonl"
+    argv = ["deploy", "--checkpoint", str(twogoal_checkpoint), "--robot", "sim:twogoal"]
+    argv += ["--episodes", "2", "--rate", "50", "--duration", "0.4", "--record", str(store)]
+    argv += ["--log", str(log)]
+    assert cli_main(argv) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "recorded 2 episodes" in out
+    with EpisodeStore.open(store) as s:
+        assert s.n_episodes == 2
+        assert {"action", "agent_pos", "deploy_chunk", "deploy_events"} <= set(s.keys)
+        ep = s.get_episode(0)
+        assert np.all(np.abs(ep["action"]) <= 1.0)
+        assert np.all(np.diff(ep["deploy_tick"]) > 0)
+        assert s.metadata["deploy"]["event_bits"][0] == "clipped"
+    assert cli_main(["dataset", "info", str(store)]) == 0
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 2 * 20 and {"tick", "energy", "action", "events"} <= set(rows[0])
+
+
+def test_deploy_cli_refuses_a_robot_without_the_policys_observations(
+    twogoal_checkpoint: Path, capsys
+) -> None:
+    argv = ["deploy", "--checkpoint", str(twogoal_checkpoint), "--robot", "sim:pusht"]
+    assert cli_main(argv) == 2
+    assert "has no observation" in capsys.readouterr().err
+
+
+def test_deploy_cli_refuses_an_unknown_robot(twogoal_checkpoint: Path, capsys) -> None:
+    argv = ["deploy", "--checkpoint", str(twogoal_checkpoint), "--robot", "ur5"]
+    assert cli_main(argv) == 2
+    assert "sim:<task>" in capsys.readouterr().err
+
+
+def test_two_processes_over_loopback(twogoal_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """`ebt-policy robot-server` in a child process, `ebt-policy deploy --robot tcp://...` here;
+    SIGTERM then stops the server cleanly (exit 143)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "ebt_policy.cli", "robot-server", "--robot", "sim:twogoal"]
+    cmd += ["--bind", f"tcp://127.0.0.1:{port}", "--rate", "50"]
+    server = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert "serving" in server.stdout.readline()
+        store = tmp_path / "rec"
+        argv = ["deploy", "--checkpoint", str(twogoal_checkpoint)]
+        argv += ["--robot", f"tcp://127.0.0.1:{port}", "--rate", "50", "--duration", "0.4"]
+        argv += ["--record", str(store)]
+        assert cli_main(argv) == 0, capsys.readouterr()
+        assert "recorded 1 episodes" in capsys.readouterr().out
+        assert cli_main(["dataset", "info", str(store)]) == 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        rc = server.wait(timeout=20)
+    assert rc == 143, server.stderr.read()[-2000:]
+
+
+def test_robot_server_refuses_a_non_loopback_bind_without_flag_and_token(capsys) -> None:
+    argv = ["robot-server", "--robot", "sim:twogoal", "--bind", "tcp://0.0.0.0:5555"]
+    assert cli_main(argv) == 2
+    assert "allow-remote" in capsys.readouterr().err
+    assert cli_main([*argv, "--allow-remote"]) == 2
+    assert "token" in capsys.readouterr().err
