@@ -158,17 +158,30 @@ def main(argv: list[str]) -> int:
         kwargs["env_kwargs"] = _env_kwargs(args.checkpoint, task)
     robot = make_robot(args.robot, **kwargs)
     policy = load_policy(args.checkpoint, device=device)
-    status = {"last": time.monotonic()}
+    status: dict[str, Any] = {"last": time.monotonic(), "ticks": 0, "latency": [], "events": 0}
 
     def on_step(log: Any, obs: Any) -> None:
         if recorder is not None:
             recorder.on_step(log, obs)
         if log_file is not None:
             log_file.write(_jsonl_row(log) + "\n")
+        status["ticks"] += 1
+        status["events"] += len(log.events)
+        if log.latency_s is not None:
+            status["latency"].append(log.latency_s * 1e3)
         if log.tick - status["last"] >= 1.0:  # a live status line, once a second
-            status["last"] = log.tick
+            rate = status["ticks"] / (log.tick - status["last"])
+            lat = status["latency"][-200:]  # the recent chunks' planning latency
+            lat_text = (
+                f"{np.percentile(lat, 50):.1f}/{np.percentile(lat, 99):.1f} ms" if lat else "-"
+            )
             energy = "-" if log.energy is None else f"{log.energy:.3g}"
-            print(f"  step {log.step}  energy {energy}  events {log.events}", file=sys.stderr)
+            print(
+                f"  step {log.step}  rate {rate:.1f} Hz  latency p50/p99 {lat_text}  "
+                f"energy {energy}  safety events {status['events']} {log.events or ''}",
+                file=sys.stderr,
+            )
+            status.update(last=log.tick, ticks=0)
 
     signal.signal(signal.SIGTERM, _interrupt)
     reports = []
