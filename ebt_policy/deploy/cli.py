@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
             energy = "-" if log.energy is None else f"{log.energy:.3g}"
             print(
                 f"  step {log.step}  rate {rate:.1f} Hz  latency p50/p99 {lat_text}  "
-                f"energy {energy}  safety events {status['events']} {log.events or ''}",
+                f"energy {energy}  events {status['events']} {log.events or ''}",
                 file=sys.stderr,
             )
             status.update(last=log.tick, ticks=0)
