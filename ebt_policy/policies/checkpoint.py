@@ -10,6 +10,8 @@ Layout of a checkpoint directory::
                           "dataset_metadata", "train_config", "step"}
                          (older format versions are converted on load: policies/schema.py)
     model.safetensors    the policy's state_dict (EMA weights, normaliser buffers included)
+    calibration.json     optional: uncertainty quantiles (`ebt-policy calibrate`; loaded into
+                         ``policy.calibration``, see policies/calibration.py)
     training_state/      optimiser, scheduler, EMA, RNG, data position (training only)
 
 ``load_policy`` accepts a run directory (``RUN_DIR`` -> ``RUN_DIR/checkpoints/last``), the
@@ -28,6 +30,7 @@ import torch
 
 from ebt_policy.errors import CheckpointError, ConfigError
 from ebt_policy.models.shapes import ShapeMeta
+from ebt_policy.policies.calibration import read_calibration
 from ebt_policy.policies.factory import make_policy, policy_config_from_dict
 from ebt_policy.policies.schema import (
     FORMAT_VERSION,
@@ -209,6 +212,8 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         if unexpected:
             parts.append(f"unexpected tensors {_short_list(unexpected)}")
         raise CheckpointError(f"{weights_path}: does not match the config: {'; '.join(parts)}")
+    # calibration.json (optional): the quantiles predict_chunk's `uncertainty` maps through
+    policy.calibration = read_calibration(directory, weights_path)
     policy.to(device)
     policy.eval()
     return policy
