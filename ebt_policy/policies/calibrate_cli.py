@@ -48,11 +48,13 @@ def window_values(
     indices: Sequence[int],
     *,
     seeds: int = 1,
+    first_seed: int = 0,
     batch_size: int = 256,
     obs_transform: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Final energy and gradient norm (each (len(indices) * seeds,)) of the policy's inference
-    on windows ``indices`` of a WindowDataset, seed-major; noise seed ``s`` for every batch.
+    on windows ``indices`` of a WindowDataset, seed-major, noise seeds ``first_seed`` ..
+    ``first_seed + seeds - 1``.
 
     ``obs_transform(obs, seed) -> obs`` (optional) changes each batch's observation window first
     (the uncertainty benchmark's perturbations).
@@ -60,7 +62,7 @@ def window_values(
     import torch
 
     energy, grad = [], []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for start in range(0, len(indices), batch_size):
             items = [dataset[int(i)]["obs"] for i in indices[start : start + batch_size]]
             obs = {k: np.stack([np.asarray(item[k]) for item in items]) for k in items[0]}
@@ -177,7 +179,7 @@ class CalibrateArgs:
     seeds: int = 1
     """Initial-noise draws per window."""
     score: str | None = None
-    """grad_norm or energy (default: grad_norm for the fixed step rule, else energy)."""
+    """energy (default) or grad_norm: the statistic the uncertainty is the quantile of."""
     episodes: str | None = None
     """Comma-separated episode indices (default: the episodes training held out)."""
     descent_steps: int | None = None
