@@ -118,7 +118,7 @@ def calibrate(
         )
     directory = resolve_checkpoint_dir(checkpoint)
     config = read_checkpoint_config(directory)
-    policy = load_policy(directory)
+    policy = load_policy(directory, calibration=False)  # a stale one is being replaced
     if getattr(policy, "name", None) != "ebt":
         raise ConfigError(f"{directory}: a {policy.name!r} policy has no energy to calibrate")
     if descent_steps is not None:

@@ -169,12 +169,16 @@ def _build_policy(config: dict[str, Any], config_path: Path) -> torch.nn.Module:
         raise CheckpointError(f"{config_path}: cannot build the policy: {exc}") from None
 
 
-def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_policy(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, calibration: bool = True
+) -> torch.nn.Module:
     """Rebuild a policy from a checkpoint directory alone, in eval mode on ``device``.
 
     Args:
         path: a run directory, its ``checkpoints`` folder, or one checkpoint (``.../last``).
         device: where to put the policy (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+        calibration: read ``calibration.json`` when there is one (False: ignore it, as
+            ``ebt-policy calibrate`` does when it replaces one).
 
     Raises:
         CheckpointError: one line naming the missing, truncated or mismatched file.
@@ -213,7 +217,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
             parts.append(f"unexpected tensors {_short_list(unexpected)}")
         raise CheckpointError(f"{weights_path}: does not match the config: {'; '.join(parts)}")
     # calibration.json (optional): the quantiles predict_chunk's `uncertainty` maps through
-    policy.calibration = read_calibration(directory, weights_path)
+    policy.calibration = read_calibration(directory, weights_path) if calibration else None
     policy.to(device)
     policy.eval()
     return policy
