@@ -44,6 +44,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "ebt_policy.envs.cli:eval_main",
         "Evaluate a checkpoint in simulation over seeded episodes (success, energy, videos).",
     ),
+    ("calibrate",): (
+        "ebt_policy.policies.calibrate_cli:main",
+        "Calibrate a checkpoint's uncertainty on held-out demos.",
+    ),
     ("deploy",): ("ebt_policy.deploy.cli:main", "Run a trained policy on a robot in real time."),
     ("robot-server",): ("ebt_policy.deploy.cli:server_main", "Serve a robot over zmq for deploy."),
     ("bench", "latency"): (

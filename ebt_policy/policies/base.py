@@ -39,6 +39,9 @@ class ChunkPrediction:
     energy: np.ndarray | None = None  # (B,) final energy; None for policies without one
     steps: np.ndarray | None = None  # (B,) descent / denoising steps used
     grad_norm: np.ndarray | None = None  # (B,) final gradient norm
+    # (B,) in [0, 1], higher = less like the held-out demonstrations; None without a calibration
+    # (`ebt-policy calibrate`, policies/calibration.py) or with another stopping rule than it had
+    uncertainty: np.ndarray | None = None
     latency_s: float = 0.0  # wall time of this prediction
     extra: dict[str, Any] = field(default_factory=dict)
 

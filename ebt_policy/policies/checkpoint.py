@@ -10,6 +10,8 @@ Layout of a checkpoint directory::
                           "dataset_metadata", "train_config", "step"}
                          (older format versions are converted on load: policies/schema.py)
     model.safetensors    the policy's state_dict (EMA weights, normaliser buffers included)
+    calibration.json     optional: uncertainty quantiles (`ebt-policy calibrate`; loaded into
+                         ``policy.calibration``, see policies/calibration.py)
     training_state/      optimiser, scheduler, EMA, RNG, data position (training only)
 
 ``load_policy`` accepts a run directory (``RUN_DIR`` -> ``RUN_DIR/checkpoints/last``), the
@@ -28,6 +30,7 @@ import torch
 
 from ebt_policy.errors import CheckpointError, ConfigError
 from ebt_policy.models.shapes import ShapeMeta
+from ebt_policy.policies.calibration import read_calibration
 from ebt_policy.policies.factory import make_policy, policy_config_from_dict
 from ebt_policy.policies.schema import (
     FORMAT_VERSION,
@@ -166,12 +169,16 @@ def _build_policy(config: dict[str, Any], config_path: Path) -> torch.nn.Module:
         raise CheckpointError(f"{config_path}: cannot build the policy: {exc}") from None
 
 
-def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_policy(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, calibration: bool = True
+) -> torch.nn.Module:
     """Rebuild a policy from a checkpoint directory alone, in eval mode on ``device``.
 
     Args:
         path: a run directory, its ``checkpoints`` folder, or one checkpoint (``.../last``).
         device: where to put the policy (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+        calibration: read ``calibration.json`` when there is one (False: ignore it, as
+            ``ebt-policy calibrate`` does when it replaces one).
 
     Raises:
         CheckpointError: one line naming the missing, truncated or mismatched file.
@@ -209,6 +216,8 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         if unexpected:
             parts.append(f"unexpected tensors {_short_list(unexpected)}")
         raise CheckpointError(f"{weights_path}: does not match the config: {'; '.join(parts)}")
+    # calibration.json (optional): the quantiles predict_chunk's `uncertainty` maps through
+    policy.calibration = read_calibration(directory, weights_path) if calibration else None
     policy.to(device)
     policy.eval()
     return policy

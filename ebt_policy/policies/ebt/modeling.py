@@ -23,6 +23,7 @@ from ebt_policy.models.mlp_energy import MLPEnergy
 from ebt_policy.models.shapes import ShapeMeta
 from ebt_policy.models.transformer import TransformerEnergy
 from ebt_policy.policies.base import ChunkPrediction
+from ebt_policy.policies.calibration import chunk_uncertainty
 from ebt_policy.policies.chunk_policy import ChunkPolicy
 from ebt_policy.policies.ebt.configuration import EBTPolicyConfig
 from ebt_policy.policies.ebt.descent import EnergyDescent
@@ -268,12 +269,14 @@ class EBTPolicy(ChunkPolicy):
             chunk = self.normalizer.unnormalize(ACTION_KEY, result.chunk)  # (B, Tp, Da) robot units
         chunk_np = chunk.float().cpu().numpy()
         start = self.n_obs_steps - 1
+        energy, grad_norm = result.energy.float().cpu().numpy(), result.grad_norm.cpu().numpy()
         return ChunkPrediction(
             actions=chunk_np[:, start : start + self.n_action_steps],
             chunk=chunk_np,
-            energy=result.energy.float().cpu().numpy(),
+            energy=energy,
             steps=result.steps.cpu().numpy(),
-            grad_norm=result.grad_norm.cpu().numpy(),
+            grad_norm=grad_norm,
+            uncertainty=chunk_uncertainty(self, energy, grad_norm, descent_steps, descent_min_grad),
             latency_s=time.perf_counter() - t0,
         )
 

@@ -1,0 +1,230 @@
+"""`ebt-policy calibrate`: measure a checkpoint's uncertainty calibration on held-out demos.
+
+Usage::
+
+    ebt-policy calibrate --checkpoint RUN --dataset STORE [--windows 2000] [--seeds 1]
+        [--score grad_norm|energy] [--episodes 3,17,...]
+
+Runs the policy's own inference (its configured descent steps) on windows of the episodes its
+training split held out (the same seeded split as training: ``train_config.seed`` and
+``val_fraction`` over the store's episodes), and writes the quantiles of the final energy and
+gradient norm to ``calibration.json`` in the checkpoint directory (policies/calibration.py).
+This module may import the episode store; loading and running a policy never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ebt_policy.errors import ConfigError, DatasetError
+from ebt_policy.policies.calibration import (
+    STATISTICS,
+    Calibration,
+    default_score,
+    weights_sha256,
+    write_calibration,
+)
+
+
+def held_out_episodes(train_config: dict[str, Any], n_episodes: int) -> list[int]:
+    """The episodes training held out of a store of ``n_episodes``, by training's own seeded
+    split (none when it trained on all of them)."""
+    from ebt_policy.datasets import split_episodes
+
+    val_fraction = float(train_config.get("val_fraction", 0.0))
+    if val_fraction > 0 and n_episodes >= 2:  # as training.data.make_data
+        return split_episodes(n_episodes, val_fraction=val_fraction, seed=train_config["seed"])[1]
+    return []
+
+
+def window_values(
+    policy: Any,
+    dataset: Any,
+    indices: Sequence[int],
+    *,
+    seeds: int = 1,
+    first_seed: int = 0,
+    batch_size: int = 256,
+    obs_transform: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Final energy and gradient norm (each (len(indices) * seeds,)) of the policy's inference
+    on windows ``indices`` of a WindowDataset, seed-major, noise seeds ``first_seed`` ..
+    ``first_seed + seeds - 1``.
+
+    ``obs_transform(obs, seed) -> obs`` (optional) changes each batch's observation window first
+    (the uncertainty benchmark's perturbations).
+    """
+    import torch
+
+    energy, grad = [], []
+    for seed in range(first_seed, first_seed + seeds):
+        for start in range(0, len(indices), batch_size):
+            items = [dataset[int(i)]["obs"] for i in indices[start : start + batch_size]]
+            obs = {k: np.stack([np.asarray(item[k]) for item in items]) for k in items[0]}
+            if obs_transform is not None:
+                obs = obs_transform(obs, seed * 1_000_003 + start)
+            gen = torch.Generator(device=policy.device).manual_seed(seed * 1_000_003 + start)
+            pred = policy.predict_chunk(obs, generator=gen)
+            energy.append(pred.energy)
+            grad.append(pred.grad_norm)
+    return np.concatenate(energy), np.concatenate(grad)
+
+
+def calibrate(
+    checkpoint: str | Path,
+    dataset: str | Path,
+    *,
+    windows: int = 2000,
+    seeds: int = 1,
+    score: str | None = None,
+    episodes: Sequence[int] | None = None,
+    descent_steps: int | None = None,
+    batch_size: int = 256,
+    write: bool = True,
+) -> Calibration:
+    """Measure (and by default write) the calibration of ``checkpoint`` on ``dataset``.
+
+    Args:
+        checkpoint: anything load_policy takes.
+        dataset: the episode store the policy was trained on.
+        windows: at most this many held-out windows, evenly spaced over them.
+        seeds: initial-noise draws per window.
+        score: the statistic ``uncertainty`` maps (default: :func:`default_score`).
+        episodes: calibrate on these episodes instead of training's held-out ones.
+        descent_steps: plan with this many steps instead of the checkpoint's (the scores then
+            apply to a policy planning with it, e.g. ``ebt-policy eval --descent-steps``).
+        write: write ``calibration.json`` into the checkpoint directory.
+
+    Raises:
+        ConfigError / DatasetError / CheckpointError: one line naming the flag, store or file.
+    """
+    from ebt_policy.datasets import EpisodeStore, WindowDataset
+    from ebt_policy.policies.checkpoint import (
+        WEIGHTS_NAME,
+        load_policy,
+        read_checkpoint_config,
+        resolve_checkpoint_dir,
+    )
+
+    if windows < 1 or seeds < 1 or batch_size < 1:
+        raise ConfigError(
+            f"--windows, --seeds and --batch-size must be >= 1, got {windows}, {seeds}, "
+            f"{batch_size}"
+        )
+    directory = resolve_checkpoint_dir(checkpoint)
+    config = read_checkpoint_config(directory)
+    policy = load_policy(directory, calibration=False)  # a stale one is being replaced
+    if getattr(policy, "name", None) != "ebt":
+        raise ConfigError(f"{directory}: a {policy.name!r} policy has no energy to calibrate")
+    if descent_steps is not None:
+        policy.set_inference(descent_steps=descent_steps)  # ConfigError naming the field
+    score = score or default_score(policy.config)
+    if score not in STATISTICS:
+        raise ConfigError(f"--score {score!r}: expected one of {STATISTICS}")
+    store = EpisodeStore.open(dataset, "r")
+    if episodes is None:
+        episodes = held_out_episodes(config["train_config"], store.n_episodes)
+        if not episodes:
+            raise DatasetError(
+                f"{dataset}: training held out no episode of this store (val_fraction "
+                f"{config['train_config'].get('val_fraction', 0)}); name some with --episodes"
+            )
+    bad = [e for e in episodes if not 0 <= e < store.n_episodes]
+    if bad:
+        raise DatasetError(f"{dataset}: --episodes {bad} not in 0..{store.n_episodes - 1}")
+    keys = policy.low_dim_keys + policy.rgb_keys
+    window_set = WindowDataset(
+        store, keys, n_obs_steps=policy.n_obs_steps, horizon=policy.horizon, episodes=episodes
+    )
+    n = len(window_set)
+    indices = np.unique(np.linspace(0, n - 1, min(windows, n)).round().astype(int))
+    energy, grad = window_values(policy, window_set, indices, seeds=seeds, batch_size=batch_size)
+    descent = policy.config.descent
+    calibration = Calibration.from_values(
+        energy,
+        grad,
+        score=score,
+        descent_steps=descent.descent_steps,
+        descent_min_grad=descent.descent_min_grad,
+        weights_sha256=weights_sha256(directory / WEIGHTS_NAME),
+        info={
+            "dataset": str(dataset),
+            "store_episodes": store.n_episodes,
+            "episodes": [int(e) for e in episodes],
+            "windows": len(indices),
+            "seeds": seeds,
+            "chunks": int(energy.size),
+        },
+    )
+    if write:
+        write_calibration(calibration, directory)
+    return calibration
+
+
+@dataclass
+class CalibrateArgs:
+    """Measure the uncertainty calibration of an EBT checkpoint on held-out demonstrations."""
+
+    checkpoint: Path
+    """Run directory or checkpoint directory (calibration.json is written into the checkpoint)."""
+    dataset: Path
+    """The episode store the policy was trained on."""
+    windows: int = 2000
+    """At most this many held-out windows (evenly spaced)."""
+    seeds: int = 1
+    """Initial-noise draws per window."""
+    score: str | None = None
+    """energy (default) or grad_norm: the statistic the uncertainty is the quantile of."""
+    episodes: str | None = None
+    """Comma-separated episode indices (default: the episodes training held out)."""
+    descent_steps: int | None = None
+    """Plan with this many descent steps (default: the checkpoint's); scores apply to it only."""
+    batch_size: int = 256
+
+
+def parse_episodes(text: str | None) -> list[int] | None:
+    """``"3,17"`` -> [3, 17] (ConfigError naming the flag otherwise)."""
+    if text is None:
+        return None
+    try:
+        episodes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--episodes: expected comma-separated integers, got {text!r}") from None
+    if not episodes:
+        raise ConfigError("--episodes: expected at least one episode index")
+    return episodes
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `ebt-policy calibrate`."""
+    from ebt_policy.cli import parse_flags
+    from ebt_policy.policies.calibration import CALIBRATION_NAME
+    from ebt_policy.policies.checkpoint import resolve_checkpoint_dir
+
+    args = parse_flags(CalibrateArgs, argv, prog="ebt-policy calibrate")
+    calibration = calibrate(
+        args.checkpoint,
+        args.dataset,
+        windows=args.windows,
+        seeds=args.seeds,
+        score=args.score,
+        episodes=parse_episodes(args.episodes),
+        descent_steps=args.descent_steps,
+        batch_size=args.batch_size,
+    )
+    info = calibration.info
+    print(
+        f"calibrated on {info['chunks']} chunks ({info['windows']} windows of "
+        f"{len(info['episodes'])} held-out episodes x {info['seeds']} seeds), score "
+        f"{calibration.score}, {calibration.descent_steps} descent steps"
+    )
+    for name in STATISTICS:
+        q = calibration.quantiles[name]
+        print(f"  {name:<10} p1 {q[1]:.4g}  p50 {q[50]:.4g}  p99 {q[99]:.4g}")
+    print(f"wrote {resolve_checkpoint_dir(args.checkpoint) / CALIBRATION_NAME}")
+    return 0
