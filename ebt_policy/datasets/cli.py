@@ -168,8 +168,10 @@ def import_robomimic_main(argv: list[str]) -> int:
     """``ebt-policy dataset import-robomimic HDF5 --out PATH [--obs-keys ...]``."""
     from ebt_policy.datasets.robomimic import import_robomimic
     from ebt_policy.datasets.stats import compute_stats
+    from ebt_policy.utils.paths import check_output_path
 
     args = tyro.cli(ImportRobomimicArgs, args=argv, prog="ebt-policy dataset import-robomimic")
+    check_output_path(args.out, "store", "--out")  # before reading the HDF5 file
     store = import_robomimic(
         args.hdf5, args.out, obs_keys=list(args.obs_keys) or None, overwrite=args.overwrite
     )
