@@ -2,7 +2,10 @@
 
     OMP_NUM_THREADS=1 MUJOCO_GL=egl python benchmarks/uncertainty.py \\
         [--lift NAME=RUN:STORE:STEPS ...] [--twogoal NAME=RUN:STORE:STEPS ...] \\
-        [--windows 300] [--seeds 4] [--episodes 50]
+        [--windows 600] [--seeds 8] [--episodes 50]
+
+e.g. ``--lift new=runs/quickstart/run:runs/quickstart/demos.zarr:2`` (a run, the store it was
+trained on, the descent steps to plan with).
 
 (b) in-distribution vs perturbed observations (Lift): observation windows from the demos that
 each run's training split held out (in-distribution) and the same windows perturbed:
@@ -36,14 +39,6 @@ from ebt_policy.utils import default_mujoco_gl
 
 default_mujoco_gl()
 
-LIFT_DEFAULT = [
-    "new=/work/fresh/runs/quickstart/run:/work/fresh/runs/quickstart/demos.zarr:2",
-    "reference=/work/qs_after/run:/work/qs_after/demos.zarr:3",
-]
-TWOGOAL_DEFAULT = [
-    "new=/work/exp/eseqm3k:/work/exp/twogoal.zarr:1",
-    "reference=/work/exp/ref_s0:/work/exp/twogoal.zarr:1",
-]
 # (noise as a fraction of each key's range, cube displacement in m): the issue's "a few cm and
 # a few percent" first, then larger ones to show where the scores start to respond
 SCALES = ((0.03, 0.04), (0.1, 0.1), (0.3, 0.2))
@@ -197,21 +192,26 @@ def twogoal_rows(spec: str, episodes: int) -> list[list[str]]:
     ]
 
 
+TARGET_AUROC = 0.8  # what the score should reach for both (a) and (b)
+
+
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lift", nargs="*", default=LIFT_DEFAULT)
-    parser.add_argument("--twogoal", nargs="*", default=TWOGOAL_DEFAULT)
+    parser.add_argument("--lift", nargs="*", default=[], metavar="NAME=RUN:STORE:STEPS")
+    parser.add_argument("--twogoal", nargs="*", default=[], metavar="NAME=RUN:STORE:STEPS")
     parser.add_argument("--windows", type=int, default=600)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--episodes", type=int, default=50)
     args = parser.parse_args()
+    if not args.lift and not args.twogoal:
+        parser.error("give runs with --lift and/or --twogoal NAME=RUN:STORE:STEPS")
     console = Console(width=150)
     t0 = time.perf_counter()
     columns = ["run (score on, steps)", "condition", "chunks", "AUROC score", "AUROC energy"]
-    columns += ["AUROC grad_norm"]
+    columns += ["AUROC grad_norm", f"target AUROC >= {TARGET_AUROC}"]
     tables = [
         ("(b) Lift: held-out demo windows vs perturbed", args.lift, "ID / perturbed"),
         ("(a) twogoal: successful vs failed episodes", args.twogoal, "success / fail"),
@@ -226,7 +226,8 @@ def main() -> None:
             else:
                 rows = twogoal_rows(spec, args.episodes)
             for row in rows:
-                table.add_row(*row)
+                verdict = "-" if not row[3] else "PASS" if float(row[3]) >= TARGET_AUROC else "MISS"
+                table.add_row(*row[:6], verdict, *row[6:])
         console.print(table)
     console.print(f"total {time.perf_counter() - t0:.0f} s")
 
