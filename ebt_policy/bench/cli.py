@@ -74,6 +74,24 @@ def latency_table(result: Any) -> Any:
     return table
 
 
+# Our targets: EBT's chunk at its preset's steps at most this fraction of each baseline's latency.
+LATENCY_TARGETS = {"DDPM-100": 29.0, "DDIM-10": 3.0}
+
+
+def target_lines(result: Any) -> list[str]:
+    """One verdict per (diffusion variant, batch) with a target, from this run's ratios."""
+    lines = []
+    for t in result.timings:
+        for suffix, want in LATENCY_TARGETS.items():
+            if t.variant.endswith(suffix) and t.ratio_to_ebt is not None:
+                verdict = "PASS" if t.ratio_to_ebt >= want else "MISS"
+                lines.append(
+                    f"target: EBT >= {want:g}x faster than {t.variant} (batch {t.batch}): "
+                    f"{t.ratio_to_ebt:.1f}x {verdict}"
+                )
+    return lines
+
+
 def latency_main(argv: list[str]) -> int:
     """Entry point of `ebt-policy bench latency`."""
     import tyro
@@ -93,6 +111,8 @@ def latency_main(argv: list[str]) -> int:
         result = run_latency(cfg, progress=lambda text: status.update(text))
     out = Console()
     out.print(latency_table(result))
+    for line in target_lines(result):
+        out.print(line)
     for line in result.skipped:
         out.print(f"skipped: {line}")
     out.print(f"machine: {result.machine['cpu']}, {result.machine['cores']} cores, "

@@ -237,35 +237,59 @@ class ChunkPolicy(nn.Module, Policy):
             )
         return obs, self.normalizer.normalize(ACTION_KEY, action)
 
-    def obs_tensors(self, obs_window: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
-        """Check an env-units observation window and move it to the device (EbtPolicyError
-        naming the key whose shape or values are wrong)."""
+    def obs_tensors(self, obs_window: Any) -> dict[str, Tensor]:
+        """Check ``obs_window`` (EbtPolicyError naming the key and what was expected) and move it
+        to the policy's device, low-dim keys reshaped to their per-frame shapes."""
+        keys = self.low_dim_keys + self.rgb_keys
+        if not isinstance(obs_window, Mapping):
+            raise EbtPolicyError(
+                f"obs_window: expected a dict of key -> array (B, {self.n_obs_steps}, ...) with "
+                f"keys {keys}, got {type(obs_window).__name__}"
+            )
+        dev = self.device
         out = {}
-        for key in self.low_dim_keys + self.rgb_keys:
+        batch: tuple[str, int] | None = None  # the first key's batch size
+        for key in keys:
             if key not in obs_window:
                 raise EbtPolicyError(
                     f"observation lacks key {key!r} (policy keys: "
-                    f"{self.low_dim_keys + self.rgb_keys}, got {sorted(obs_window)})"
+                    f"{keys}, got {sorted(map(str, obs_window))})"
                 )
-            arr = np.asarray(obs_window[key])
+            arr = _numeric_array(key, obs_window[key])
             per_frame = self._low_dim_shapes.get(key)
-            ok = arr.ndim >= 2 and arr.shape[1] == self.n_obs_steps
             if per_frame is None:
                 C, H, W = self._rgb_shapes[key]
-                ok = ok and arr.ndim == 5 and arr.shape[2:] in ((H, W, C), (C, H, W))
+                ok = (
+                    arr.ndim == 5
+                    and arr.shape[1] == self.n_obs_steps
+                    and (arr.shape[2:] in ((H, W, C), (C, H, W)))
+                )
                 expect = f"(B, {self.n_obs_steps}, {H}, {W}, {C})"
             else:
-                ok = ok and math.prod(arr.shape[2:]) == math.prod(per_frame)
+                ok = (
+                    arr.ndim >= 2
+                    and arr.shape[1] == self.n_obs_steps
+                    and (math.prod(arr.shape[2:]) == math.prod(per_frame))
+                )
                 expect = f"(B, {self.n_obs_steps}, {', '.join(map(str, per_frame))})"
             if not ok:
                 raise EbtPolicyError(
                     f"observation {key!r} has shape {arr.shape}; expected {expect}"
                 )
+            if arr.shape[0] == 0:
+                raise EbtPolicyError(f"observation {key!r} has batch size 0; expected at least 1")
+            if batch is None:
+                batch = (key, arr.shape[0])
+            elif arr.shape[0] != batch[1]:
+                raise EbtPolicyError(
+                    f"observation {key!r} has batch size {arr.shape[0]} but {batch[0]!r} has "
+                    f"{batch[1]}; every key needs the same batch size"
+                )
             if per_frame is not None:
                 if not np.isfinite(arr).all():
                     raise EbtPolicyError(f"observation {key!r} contains NaN or Inf")
                 arr = arr.reshape(arr.shape[0], self.n_obs_steps, *per_frame)
-            out[key] = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+            out[key] = torch.from_numpy(np.ascontiguousarray(arr)).to(dev)
         return out
 
     # ------------------------------------------------------------------ per-row noise
@@ -298,8 +322,11 @@ class ChunkPolicy(nn.Module, Policy):
         return out
 
     # ------------------------------------------------------------------ output
-    def chunk_prediction(self, chunk: Tensor, steps: int, t0: float) -> ChunkPrediction:
-        """Normalised chunk (B, Tp, Da) -> a ChunkPrediction in robot units."""
+    def chunk_prediction(
+        self, chunk: Tensor, steps: int | np.ndarray, t0: float, **fields: Any
+    ) -> ChunkPrediction:
+        """Normalised chunk (B, Tp, Da) -> a ChunkPrediction in robot units; ``steps`` per
+        sample or one count for all, ``fields`` the rest (energy, grad_norm, uncertainty)."""
         with torch.no_grad():
             chunk = self.normalizer.unnormalize(ACTION_KEY, chunk)  # (B, Tp, Da)
         chunk_np = chunk.float().cpu().numpy()
@@ -307,10 +334,27 @@ class ChunkPolicy(nn.Module, Policy):
         return ChunkPrediction(
             actions=chunk_np[:, start : start + self.n_action_steps],
             chunk=chunk_np,
-            steps=np.full(chunk_np.shape[0], steps, dtype=np.int64),
+            steps=np.broadcast_to(np.asarray(steps, dtype=np.int64), chunk_np.shape[:1]).copy(),
             latency_s=time.perf_counter() - t0,
+            **fields,
         )
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Same as ``compute_loss`` (so DistributedDataParallel can wrap the policy)."""
         return self.compute_loss(batch)  # type: ignore[attr-defined]
+
+
+def _numeric_array(key: str, value: Any) -> np.ndarray:
+    """``value`` as a numeric numpy array (EbtPolicyError naming ``key`` otherwise)."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise EbtPolicyError(f"observation {key!r}: not an array ({exc})") from None
+    if arr.dtype.kind not in "fiub":
+        raise EbtPolicyError(
+            f"observation {key!r} has dtype {arr.dtype}; expected numbers (float32, or uint8 "
+            "for images)"
+        )
+    return arr

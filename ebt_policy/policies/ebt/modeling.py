@@ -9,7 +9,6 @@ encoder, the energy network (transformer or MLP) and the :class:`EnergyDescent` 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -92,17 +91,7 @@ class EBTPolicy(ChunkPolicy):
         Unrolls N descent steps from noise with second-order gradients (method.md, "Training").
         Observation augmentation follows ``self.training``.
         """
-        dev = self.device
-        obs = {
-            k: batch["obs"][k].to(dev, non_blocking=True) for k in self.low_dim_keys + self.rgb_keys
-        }
-        action = batch[ACTION_KEY].to(dev, non_blocking=True).float()
-        if action.shape[1:] != (self.horizon, self.action_dim):
-            raise EbtPolicyError(
-                f"batch['action'] has shape {tuple(action.shape)}; expected "
-                f"(B, {self.horizon}, {self.action_dim})"
-            )
-        target = self.normalizer.normalize(ACTION_KEY, action)  # (B, Tp, Da) in [-1, 1]
+        obs, target = self.training_batch(batch)  # target (B, Tp, Da) in [-1, 1]
         context = self.encode(self._normalize_obs(obs), augment=self.training)
         cfg = self.descent.config
         # the energy score's chains share the observation context: (chains*B, ...)
@@ -156,61 +145,6 @@ class EBTPolicy(ChunkPolicy):
         noise = [torch.randn(shape, generator=self._row_generators.get(r)) for r in rows]
         return torch.stack(noise).to(self.device)
 
-    def _obs_to_tensors(self, obs_window: Any) -> dict[str, Tensor]:
-        """Check ``obs_window`` (EbtPolicyError naming the key and what was expected) and move it
-        to the policy's device, low-dim keys reshaped to their per-frame shapes."""
-        keys = self.low_dim_keys + self.rgb_keys
-        if not isinstance(obs_window, Mapping):
-            raise EbtPolicyError(
-                f"obs_window: expected a dict of key -> array (B, {self.n_obs_steps}, ...) with "
-                f"keys {keys}, got {type(obs_window).__name__}"
-            )
-        dev = self.device
-        out = {}
-        batch: tuple[str, int] | None = None  # the first key's batch size
-        for key in keys:
-            if key not in obs_window:
-                raise EbtPolicyError(
-                    f"observation lacks key {key!r} (policy keys: "
-                    f"{keys}, got {sorted(map(str, obs_window))})"
-                )
-            arr = _numeric_array(key, obs_window[key])
-            per_frame = self._low_dim_shapes.get(key)
-            if per_frame is None:
-                C, H, W = self._rgb_shapes[key]
-                ok = (
-                    arr.ndim == 5
-                    and arr.shape[1] == self.n_obs_steps
-                    and (arr.shape[2:] in ((H, W, C), (C, H, W)))
-                )
-                expect = f"(B, {self.n_obs_steps}, {H}, {W}, {C})"
-            else:
-                ok = (
-                    arr.ndim >= 2
-                    and arr.shape[1] == self.n_obs_steps
-                    and (math.prod(arr.shape[2:]) == math.prod(per_frame))
-                )
-                expect = f"(B, {self.n_obs_steps}, {', '.join(map(str, per_frame))})"
-            if not ok:
-                raise EbtPolicyError(
-                    f"observation {key!r} has shape {arr.shape}; expected {expect}"
-                )
-            if arr.shape[0] == 0:
-                raise EbtPolicyError(f"observation {key!r} has batch size 0; expected at least 1")
-            if batch is None:
-                batch = (key, arr.shape[0])
-            elif arr.shape[0] != batch[1]:
-                raise EbtPolicyError(
-                    f"observation {key!r} has batch size {arr.shape[0]} but {batch[0]!r} has "
-                    f"{batch[1]}; every key needs the same batch size"
-                )
-            if per_frame is not None:
-                if not np.isfinite(arr).all():
-                    raise EbtPolicyError(f"observation {key!r} contains NaN or Inf")
-                arr = arr.reshape(arr.shape[0], self.n_obs_steps, *per_frame)
-            out[key] = torch.from_numpy(np.ascontiguousarray(arr)).to(dev)
-        return out
-
     def _stopping_rule(
         self, descent_steps: Any, descent_min_grad: Any
     ) -> tuple[int | None, float | None]:
@@ -245,7 +179,7 @@ class EBTPolicy(ChunkPolicy):
         """
         t0 = time.perf_counter()
         descent_steps, descent_min_grad = self._stopping_rule(descent_steps, descent_min_grad)
-        obs = self._obs_to_tensors(obs_window)
+        obs = self.obs_tensors(obs_window)
         B = next(iter(obs.values())).shape[0]
         with torch.no_grad():
             context = self.encode(self._normalize_obs(obs), augment=False)
@@ -265,33 +199,12 @@ class EBTPolicy(ChunkPolicy):
             descent_steps=descent_steps,
             descent_min_grad=descent_min_grad,
         )
-        with torch.no_grad():
-            chunk = self.normalizer.unnormalize(ACTION_KEY, result.chunk)  # (B, Tp, Da) robot units
-        chunk_np = chunk.float().cpu().numpy()
-        start = self.n_obs_steps - 1
         energy, grad_norm = result.energy.float().cpu().numpy(), result.grad_norm.cpu().numpy()
-        return ChunkPrediction(
-            actions=chunk_np[:, start : start + self.n_action_steps],
-            chunk=chunk_np,
+        return self.chunk_prediction(
+            result.chunk,
+            result.steps.cpu().numpy(),
+            t0,
             energy=energy,
-            steps=result.steps.cpu().numpy(),
             grad_norm=grad_norm,
             uncertainty=chunk_uncertainty(self, energy, grad_norm, descent_steps, descent_min_grad),
-            latency_s=time.perf_counter() - t0,
         )
-
-
-def _numeric_array(key: str, value: Any) -> np.ndarray:
-    """``value`` as a numeric numpy array (EbtPolicyError naming ``key`` otherwise)."""
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as exc:  # ragged nested lists
-        raise EbtPolicyError(f"observation {key!r}: not an array ({exc})") from None
-    if arr.dtype.kind not in "fiub":
-        raise EbtPolicyError(
-            f"observation {key!r} has dtype {arr.dtype}; expected numbers (float32, or uint8 "
-            "for images)"
-        )
-    return arr
