@@ -204,3 +204,18 @@ def test_random_targets_never_exceed_the_acceleration_limit() -> None:
         assert np.all(np.abs(step) <= 0.3 + 1e-9)
         assert np.all(np.abs(step - prev_step) <= 0.05 + 1e-9)
         prev, prev_step = sent, step
+
+
+def test_hold_stops_a_delta_robot_and_keeps_an_absolute_robots_target():
+    """Holding (no usable fresh action) must not repeat a velocity command: a delta robot gets
+    zero, so it stays while the loop is blind; an absolute robot keeps its last safe target."""
+    delta = SafetyLayer(
+        RobotSpec("base", 2, (-1.0, -1.0), (1.0, 1.0), 20.0, ("q",), action_kind="delta"),
+        SafetyConfig(max_step_change=None),
+    )
+    sent, _ = delta.filter(np.array([0.8, -0.5]))
+    assert np.allclose(sent, [0.8, -0.5])
+    np.testing.assert_array_equal(delta.hold(), [0.0, 0.0])
+    absolute = _layer()
+    target, _ = absolute.filter(np.array([0.3, 1.5]))
+    np.testing.assert_array_equal(absolute.hold(), target)

@@ -206,9 +206,15 @@ class SafetyLayer:
         return np.clip(self.last_action + step, self.low, self.high)
 
     def hold(self) -> np.ndarray:
-        """The last safe action (what a loop without a usable fresh action sends)."""
+        """What a loop without a usable fresh action sends: the robot's stop action for a delta
+        robot (repeating the last delta would keep it moving while the loop is blind), the last
+        safe target for an absolute one."""
         self._last_step = np.zeros(self.spec.action_dim)  # holding: the target stands still
-        return self.stop_action if self.fault else self.last_action.copy()
+        if self.fault or self.spec.action_kind == "delta":
+            held = self.stop_action.copy()
+            self.last_action = held.copy()  # the change cap then applies from what was sent
+            return held
+        return self.last_action.copy()
 
     # ------------------------------------------------------------------ observations
     def check_observation(self, obs: Observation, now: float) -> str | None:
