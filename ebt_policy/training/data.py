@@ -91,7 +91,7 @@ def make_data(
         train_ids, val_ids = list(range(store.n_episodes)), []
     window = {"n_obs_steps": policy.n_obs_steps, "horizon": policy.horizon}
     train_set = WindowDataset(
-        cfg.dataset, obs_keys, episodes=train_ids, in_memory=cfg.in_memory, **window
+        store, obs_keys, episodes=train_ids, in_memory=cfg.in_memory, **window
     )
     per_rank_batch = cfg.batch_size // dist_info.world_size
     if len(train_set) < cfg.batch_size:
@@ -122,7 +122,7 @@ def make_data(
     val_loader = None
     if len(val_ids) and dist_info.is_main:
         val_set = WindowDataset(
-            cfg.dataset, obs_keys, episodes=val_ids, in_memory=cfg.in_memory, **window
+            store, obs_keys, episodes=val_ids, in_memory=cfg.in_memory, **window
         )
         if len(val_set):
             val_loader = DataLoader(
