@@ -8,10 +8,10 @@ closed-loop success over seeded episodes (seeds 100000 + i, never used by collec
 goal each episode reached (a policy that always picks one side is not multimodal); and, at the
 chunk level, from observations recorded where the scripted expert holds before choosing a side,
 ``--chunks`` chunks from independent initial noise per observation: the fraction heading left,
-right or neither (mean sideways action over the executed part beyond +-0.25). "adaptive" is 20
-steps with the gradient-norm stop at 1e-3 (the reference rule) or, for runs trained with the
-fixed step size, the displacement stop stored in the checkpoint. Prints a table measured on this
-run; ``--json`` keeps every number.
+right or neither (mean sideways action over the executed part beyond +-0.25). "adaptive" is a cap
+of 20 steps with the gradient-norm stop at 1e-3 (the reference rule), "disp" the same cap with
+only the displacement stop (0.01 RMS); every other setting runs exactly that many steps.
+Prints a table measured on this run; ``--json`` keeps every number.
 """
 
 from __future__ import annotations

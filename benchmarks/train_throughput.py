@@ -247,7 +247,7 @@ def recipes(args: argparse.Namespace) -> list[dict[str, Any]]:
             row = {
                 "recipe": name,
                 "steps_done": lines[-1]["step"],
-                "train_final_mse": float(np.mean([m["final_mse"] for m in lines[-5:]])),
+                "train_final_loss": float(np.mean([_final_loss(m) for m in lines[-5:]])),
                 "heldout_mse_2_steps": _heldout_error(out, dataset),
             }
             if args.eval_episodes:
@@ -280,6 +280,11 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print("  ".join("-" * w for w in widths))
     for c in cells:
         print(line(c))
+
+
+def _final_loss(metrics: dict) -> float:
+    """The final descent step's loss, whatever the objective calls it (final_mse, ...)."""
+    return next(v for k, v in metrics.items() if k.startswith("final_"))
 
 
 def main() -> None:

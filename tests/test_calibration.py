@@ -91,6 +91,8 @@ def test_calibration_is_stored_and_reloaded_with_the_same_scores(
     # another stopping rule than the calibrated one: no score rather than a wrong one
     override = policy.predict_chunk(_obs(), descent_steps=5)
     assert override.uncertainty is None
+    policy.descent.config.descent_min_disp = 0.01  # the displacement stop changes it too
+    assert policy.predict_chunk(_obs()).uncertainty is None
 
 
 def test_quantile_map_is_monotone_and_bounded() -> None:

@@ -151,6 +151,7 @@ def calibrate(
         score=score,
         descent_steps=descent.descent_steps,
         descent_min_grad=descent.descent_min_grad,
+        descent_min_disp=descent.descent_min_disp,
         weights_sha256=weights_sha256(directory / WEIGHTS_NAME),
         info={
             "dataset": str(dataset),

@@ -68,6 +68,7 @@ class Calibration:
     descent_min_grad: float
     weights_sha256: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    descent_min_disp: float = 0.0  # the displacement stop (0: off; files without it had it off)
 
     def __post_init__(self) -> None:
         if self.score not in STATISTICS:
@@ -96,6 +97,7 @@ class Calibration:
         descent_min_grad: float,
         weights_sha256: str = "",
         info: dict[str, Any] | None = None,
+        descent_min_disp: float = 0.0,
     ) -> Calibration:
         """The calibration of per-chunk final energies and gradient norms (each (N,), N >= 1)."""
         values = {"energy": np.asarray(energy, np.float64), "grad_norm": np.asarray(grad_norm)}
@@ -112,6 +114,7 @@ class Calibration:
             descent_min_grad=float(descent_min_grad),
             weights_sha256=weights_sha256,
             info=dict(info or {}),
+            descent_min_disp=float(descent_min_disp),
         )
 
     def quantile_of(self, name: str, values: np.ndarray) -> np.ndarray:
@@ -132,6 +135,7 @@ class Calibration:
             "quantiles": self.quantiles,
             "descent_steps": self.descent_steps,
             "descent_min_grad": self.descent_min_grad,
+            "descent_min_disp": self.descent_min_disp,
             "weights_sha256": self.weights_sha256,
             "info": self.info,
         }
@@ -216,6 +220,7 @@ def _from_dict(data: Any, path: Path) -> Calibration:
             descent_min_grad=float(data["descent_min_grad"]),
             weights_sha256=str(data.get("weights_sha256", "")),
             info=dict(data.get("info") or {}),
+            descent_min_disp=float(data.get("descent_min_disp", 0.0)),
         )
     except (ConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
@@ -238,6 +243,7 @@ def chunk_uncertainty(
     steps = descent.descent_steps if descent_steps is None else descent_steps
     min_grad = descent.descent_min_grad if descent_min_grad is None else descent_min_grad
     same_grad = math.isclose(min_grad, calibration.descent_min_grad, rel_tol=1e-9, abs_tol=0)
-    if steps != calibration.descent_steps or not same_grad:
+    same_disp = policy.descent.config.descent_min_disp == calibration.descent_min_disp
+    if steps != calibration.descent_steps or not same_grad or not same_disp:
         return None
     return calibration.uncertainty(energy, grad_norm)

@@ -289,7 +289,8 @@ class EnergyDescent(torch.nn.Module):
             raise NonFiniteEnergyError(flags.index(0.0), n_steps, "training")
         metrics = {
             "loss": loss_v,
-            "final_mse": final_v,
+            # the final step's loss, named after the objective (an energy score is not an MSE)
+            ("final_mse" if cfg.objective == "mse" else f"final_{cfg.objective}"): final_v,
             "n_steps": float(n_steps),
             "energy_first": e_first,
             "energy_final": e_final,
