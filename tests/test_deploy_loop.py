@@ -79,6 +79,7 @@ class SpyRobot(SimRobot):
         super().__init__("twogoal", control_hz=HZ, **kw)
         self.sent: list[tuple[np.ndarray, float | None]] = []
         self.stops = 0
+        self.sent_at_stop: list[int] = []  # how many actions had been sent at each stop()
         self.freeze_after: int | None = None
         self._frozen = None
         self._reads = 0
@@ -89,6 +90,7 @@ class SpyRobot(SimRobot):
 
     def stop(self) -> None:
         self.stops += 1
+        self.sent_at_stop.append(len(self.sent))
         super().stop()
 
     def observation(self):
@@ -108,7 +110,15 @@ def _run(policy, robot=None, **cfg):
             report = loop.run_episode(0, seed=1)
         finally:
             loop.close()
+        robot.stops_in_episode = robot.stops  # before `with` exits (its __exit__ stops too)
     return report, robot, loop
+
+
+def stopped_by_the_loop(robot) -> bool:
+    """The loop itself stopped the robot (not only the `with` block's exit), and sent nothing
+    after that first stop."""
+    stops = getattr(robot, "stops_in_episode", robot.stops)  # inside `with`: the count so far
+    return stops >= 1 and robot.sent_at_stop[0] == len(robot.sent)
 
 
 def test_loop_reaches_the_goal_with_the_expert_in_the_loop() -> None:
@@ -139,12 +149,12 @@ def test_inference_delay_up_to_a_chunk_never_stops_the_robot(factor: float) -> N
 def test_inference_delay_of_three_chunks_trips_the_watchdog() -> None:
     report, robot, _ = _run(ScriptedPolicy(delay_s=3 * CHUNK_S, expert=False), warmup_plans=0)
     assert report.fault == "watchdog"
-    assert robot._stopped
+    assert stopped_by_the_loop(robot)
 
 
 def test_stalled_inference_thread_stops_the_robot_within_the_watchdog_time() -> None:
     report, robot, loop = _run(ScriptedPolicy(stall_on={3}, expert=False), max_steps=200)
-    assert report.fault == "watchdog" and robot._stopped
+    assert report.fault == "watchdog" and stopped_by_the_loop(robot)
     last_fresh = max(s.tick for s in report.log if s.chunk >= 0)
     assert report.log[-1].tick - last_fresh <= loop.watchdog_stop_s + 0.5  # tolerant
     assert "hold_watchdog" in report.events
@@ -153,13 +163,13 @@ def test_stalled_inference_thread_stops_the_robot_within_the_watchdog_time() -> 
 def test_policy_raising_falls_back_to_hold_then_stops() -> None:
     report, robot, _ = _run(ScriptedPolicy(raise_on=set(range(2, 10_000)), expert=False))
     assert report.events["plan_error"] > 0
-    assert report.fault == "watchdog" and robot._stopped
+    assert report.fault == "watchdog" and stopped_by_the_loop(robot)
 
 
 def test_nan_chunks_are_held_and_k_in_a_row_stop_the_robot() -> None:
     policy = ScriptedPolicy(nan=set(range(2, 10_000)), expert=False)
     report, robot, _ = _run(policy, max_steps=100, safety=SafetyConfig(max_nonfinite=3))
-    assert report.fault == "nonfinite" and robot._stopped
+    assert report.fault == "nonfinite" and stopped_by_the_loop(robot)
     assert report.events["plan_nonfinite"] == 3
     assert all(np.all(np.isfinite(a)) for a, _ in robot.sent)
 
@@ -186,7 +196,7 @@ def test_frozen_observation_stream_holds_then_stops() -> None:
         safety=SafetyConfig(max_obs_age_s=0.1, max_stale=5),
     )  # fmt: skip
     assert report.events["hold_obs"] >= 1
-    assert report.fault == "stale" and robot._stopped
+    assert report.fault == "stale" and stopped_by_the_loop(robot)
 
 
 def test_an_exception_inside_the_loop_still_stops_the_robot() -> None:
@@ -200,7 +210,7 @@ def test_an_exception_inside_the_loop_still_stops_the_robot() -> None:
         loop = DeployLoop(ScriptedPolicy(expert=False), robot, LoopConfig(max_steps=25), boom)
         with pytest.raises(RuntimeError, match="recorder died"):
             loop.run_episode()
-        assert robot._stopped and robot.stops == 1
+        assert stopped_by_the_loop(robot) and robot.stops == 1
         loop.close()
 
 
@@ -214,7 +224,7 @@ def test_ctrl_c_inside_the_loop_still_stops_the_robot() -> None:
         loop = DeployLoop(ScriptedPolicy(expert=False), robot, LoopConfig(max_steps=25), interrupt)
         with pytest.raises(KeyboardInterrupt):
             loop.run_episode()
-        assert robot._stopped
+        assert stopped_by_the_loop(robot)
         loop.close()
 
 
@@ -224,7 +234,7 @@ def test_estop_from_another_thread_latches_until_reset() -> None:
         loop = DeployLoop(ScriptedPolicy(expert=False), robot, LoopConfig(max_steps=200))
         threading.Timer(0.2, loop.estop, args=("test",)).start()
         report = loop.run_episode()
-        assert report.fault == "estop" and robot._stopped
+        assert report.fault == "estop" and stopped_by_the_loop(robot)
         assert loop.safety.fault is not None  # latched until the next episode's reset
         again = loop.run_episode(1, seed=2)
         assert again.fault == "estop" and again.steps == 0  # a new episode does not clear it
@@ -237,7 +247,7 @@ def test_estop_from_another_thread_latches_until_reset() -> None:
 def test_energy_above_the_stop_threshold_stops_the_robot() -> None:
     policy = ScriptedPolicy(expert=False)  # energy 0.5 + call index
     report, robot, _ = _run(policy, max_steps=100, energy=EnergyConfig(stop_above=2.9))
-    assert report.fault == "energy" and robot._stopped
+    assert report.fault == "energy" and stopped_by_the_loop(robot)
     assert policy.calls == 4  # warm-up, first chunk, 2.5, then 3.5 > 2.9
 
 
