@@ -323,9 +323,9 @@ class WarmupSpikePolicy(ScriptedPolicy):
         return super().predict_chunk(obs_window, rows)
 
 
-def test_a_warmup_latency_spike_does_not_change_steady_state_scheduling() -> None:
+def test_a_warmup_latency_spike_neither_faults_nor_starves_the_loop() -> None:
+    # (whether the spike is kept out of the latency statistics is not observable from here:
+    # those only ever see asynchronous plans; a real check needs warm-up on and off compared)
     report, robot, loop = _run(WarmupSpikePolicy(expert=False), max_steps=40)
     assert report.fault is None
-    assert max(loop.steady_latencies) < 0.25  # the 0.5 s warm-up plan is not in the statistics
-    assert loop._lead_s() < 0.25 + loop.dt
     assert report.events["over_budget"] <= 2  # tolerant: the cores are shared

@@ -127,6 +127,10 @@ def test_make_robot_rejects_an_unknown_robot_string() -> None:
 
 def test_rate_keeps_absolute_deadlines() -> None:
     rate = Rate(200)
-    ticks = [rate.sleep() for _ in range(10)]
-    assert np.allclose(np.diff(ticks), 1 / 200)
+    ticks, woke = [], []
+    for _ in range(10):
+        ticks.append(rate.sleep())
+        woke.append(time.monotonic())
+    assert np.allclose(np.diff(ticks), 1 / 200) or rate.overruns  # a loaded machine may overrun
+    assert all(w >= t for w, t in zip(woke, ticks, strict=True))  # never wakes before a deadline
     sleep_until(time.monotonic() - 1)  # a past deadline returns at once
