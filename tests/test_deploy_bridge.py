@@ -76,6 +76,47 @@ def test_remote_robot_round_trip(server) -> None:
     assert server.robot._stopped  # the with-block stopped it through the bridge
 
 
+class OtherClockRobot(SimRobot):
+    """A SimRobot on a machine whose monotonic clock reads SHIFT_S more than this one's: its
+    timestamps and the action times it is given are in that clock."""
+
+    SHIFT_S = 1000.0
+
+    def __init__(self) -> None:
+        super().__init__("twogoal", control_hz=100)
+        self.at_times: list[float | None] = []
+
+    def observation(self):
+        obs = super().observation()
+        obs["timestamp"] = float(obs["timestamp"]) + self.SHIFT_S
+        return obs
+
+    def send(self, action, at_time=None) -> None:
+        self.at_times.append(at_time)
+        super().send(action, None if at_time is None else at_time - self.SHIFT_S)
+
+
+def test_the_client_converts_timestamps_between_the_two_machines_clocks() -> None:
+    robot = OtherClockRobot()
+    srv = RobotServer(
+        robot, f"tcp://127.0.0.1:{_free_port()}", clock=lambda: time.monotonic() + robot.SHIFT_S
+    )
+    thread = threading.Thread(target=srv.serve, daemon=True)
+    thread.start()
+    assert srv.ready.wait(10)
+    try:
+        with RemoteRobot(srv.bind) as remote:
+            for _ in range(5):  # a few round trips: the fastest one sets the offset
+                obs = remote.observation()
+            assert abs(obs["timestamp"] - time.monotonic()) < 0.1  # 1000 s off if unconverted
+            due = time.monotonic() + 0.05
+            remote.send(np.array([0.5, 0.0]), at_time=due)
+            assert robot.at_times[-1] == pytest.approx(due + robot.SHIFT_S, abs=0.02)
+    finally:
+        srv.stop_event.set()
+        thread.join(5)
+
+
 def test_heartbeats_keep_an_idle_client_session_alive(server) -> None:
     with RemoteRobot(server.bind, heartbeat_s=0.05):
         time.sleep(1.0)  # > 3x the server's client timeout, no requests from the "loop"

@@ -11,9 +11,8 @@ import pytest
 from ebt_policy.cli import main as cli_main
 
 
-@pytest.fixture(scope="module")
-def twogoal_checkpoint(tmp_path_factory) -> Path:
-    """An untrained tiny MSE policy on twogoal's observations (fast; deploy only needs shapes)."""
+def _untrained_twogoal(policy_type: str, path: Path) -> Path:
+    """An untrained tiny policy on twogoal's observations (fast; deploy only needs shapes)."""
     from ebt_policy.envs import get_task
     from ebt_policy.policies import make_policy, make_policy_config, save_pretrained
 
@@ -28,10 +27,15 @@ def twogoal_checkpoint(tmp_path_factory) -> Path:
         | {"mean": [0.0, 0.0]}
         for k in (*spec.low_dim_keys, "action")
     }
-    policy = make_policy(make_policy_config("mse", "tiny"), shape_meta, stats)
-    path = tmp_path_factory.mktemp("ckpt") / "twogoal"
+    policy = make_policy(make_policy_config(policy_type, "tiny"), shape_meta, stats)
     save_pretrained(policy, path, shape_meta=shape_meta, dataset_metadata=spec.dataset_metadata())
     return path
+
+
+@pytest.fixture(scope="module")
+def twogoal_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny MSE policy on twogoal."""
+    return _untrained_twogoal("mse", tmp_path_factory.mktemp("ckpt") / "twogoal")
 
 
 def test_deploy_cli_runs_episodes_records_a_valid_store_and_logs_ticks(
@@ -111,3 +115,58 @@ def test_robot_server_refuses_a_non_loopback_bind_without_flag_and_token(capsys)
     assert "allow-remote" in capsys.readouterr().err
     assert cli_main([*argv, "--allow-remote"]) == 2
     assert "token" in capsys.readouterr().err
+
+
+def _ebt_checkpoint_with_calibration(dest: Path, energies: np.ndarray) -> Path:
+    """An untrained tiny EBT policy on twogoal, calibrated on ``energies``."""
+    from ebt_policy.policies import load_policy
+    from ebt_policy.policies.calibration import Calibration, weights_sha256, write_calibration
+
+    d = load_policy(_untrained_twogoal("ebt", dest)).config.descent
+    sha = weights_sha256(dest / "model.safetensors")
+    calibration = Calibration.from_values(
+        energies, np.abs(energies), score="energy", descent_steps=d.descent_steps,
+        descent_min_grad=d.descent_min_grad, weights_sha256=sha,
+    )  # fmt: skip
+    write_calibration(calibration, dest)
+    return dest
+
+
+def test_an_energy_quantile_threshold_comes_from_the_checkpoints_calibration(
+    twogoal_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    from ebt_policy.deploy.energy import energy_at_quantile
+    from ebt_policy.policies import load_policy
+
+    # demonstrations planned at energies -2e6 .. -1e6: any real chunk is far above their p99
+    ckpt = _ebt_checkpoint_with_calibration(tmp_path / "ebt", np.linspace(-2e6, -1e6, 101))
+    policy = load_policy(ckpt)
+    assert energy_at_quantile(policy, 0.5, "--x") == pytest.approx(-1.5e6)
+    argv = ["deploy", "--checkpoint", str(ckpt), "--robot", "sim:twogoal", "--rate", "50"]
+    argv += ["--duration", "0.4", "--energy-stop-quantile", "0.99", "--log", str(tmp_path / "l")]
+    cli_main(argv)
+    captured = capsys.readouterr()
+    assert "fault: energy" in captured.err + captured.out  # the first chunk stopped it
+    assert (tmp_path / "l").read_text() == ""  # before a single action was sent
+    # the same policy without the threshold runs its ticks
+    assert cli_main(argv[:-4] + ["--log", str(tmp_path / "l")]) == 0
+    assert len((tmp_path / "l").read_text().splitlines()) == 20
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        (["--energy-stop-quantile", "0.99"], "no calibration.json"),
+        (["--energy-stop", "1", "--energy-stop-quantile", "0.9"], "not both"),
+    ],
+)
+def test_energy_quantile_flags_are_refused_before_anything_runs(
+    twogoal_checkpoint: Path, tmp_path: Path, capsys, extra: list[str], why: str
+) -> None:
+    store = tmp_path / "rec"
+    argv = ["deploy", "--checkpoint", str(twogoal_checkpoint), "--robot", "sim:twogoal"]
+    argv += ["--record", str(store), *extra]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert why in err and len(err.strip().splitlines()) == 1
+    assert not store.exists()

@@ -219,3 +219,31 @@ def test_hold_stops_a_delta_robot_and_keeps_an_absolute_robots_target():
     absolute = _layer()
     target, _ = absolute.filter(np.array([0.3, 1.5]))
     np.testing.assert_array_equal(absolute.hold(), target)
+
+
+@pytest.mark.parametrize("how", ["hold", "fault"])
+def test_holding_an_absolute_robot_brakes_within_the_acceleration_limit(how: str) -> None:
+    """An absolute robot moving at speed must not be frozen in one tick when the loop holds
+    (or a fault latches): with ``max_step_accel`` its target keeps moving and slows down by at
+    most the limit per tick, and then stands still, inside the action limits."""
+    layer = _layer(max_step_change=1.0, max_step_accel=0.1)
+    layer.reset(np.array([0.0, 0.0]))
+    sent = [layer.filter(np.array([0.0, 1.9]))[0] for _ in range(3)]  # steps 0.1, 0.2, 0.3
+    if how == "fault":
+        layer.trip("estop")
+    for _ in range(6):
+        sent.append(layer.hold() if how == "hold" else layer.filter(np.array([0.0, -2.0]))[0])
+    ys = np.array([0.0, *(s[1] for s in sent)])
+    steps = np.diff(ys)
+    np.testing.assert_allclose(steps, [0.1, 0.2, 0.3, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0], atol=1e-12)
+    assert np.all(np.abs(np.diff([0.0, *steps])) <= 0.1 + 1e-12)
+    assert ys.max() <= 2.0
+
+
+def test_holding_an_absolute_robot_near_its_limit_stays_inside_it() -> None:
+    layer = _layer(max_step_change=1.0, max_step_accel=0.1)
+    layer.reset(np.array([0.0, 0.0]))
+    for _ in range(12):  # run at the position limit 1.0 as fast as braking allows
+        layer.filter(np.array([5.0, 0.0]))
+    xs = [layer.hold()[0] for _ in range(10)]
+    assert max(xs) <= 1.0 and xs[-1] == xs[-2]  # stopped, inside

@@ -59,6 +59,13 @@ class DeployArgs:
     energy_replan_steps: int | None = None
     energy_stop: float | None = None
     """Energy above this: stop the robot and wait for the operator (default: off)."""
+    energy_scale_quantile: float | None = None
+    """As --energy-scale, the threshold given as a quantile in (0, 1] of the held-out
+    demonstration energies in the checkpoint's calibration.json (`ebt-policy calibrate`)."""
+    energy_replan_quantile: float | None = None
+    """As --energy-replan, as a calibrated quantile."""
+    energy_stop_quantile: float | None = None
+    """As --energy-stop, as a calibrated quantile (e.g. 0.99)."""
     obs_latency: float = 0.0
     """Simulated robots: delay every observation by this many seconds."""
     drop_prob: float = 0.0
@@ -70,6 +77,28 @@ class DeployArgs:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.duration is not None and not self.duration > 0:
             raise ConfigError(f"--duration must be > 0, got {self.duration}")
+        for name in ("scale", "replan", "stop"):
+            if None not in (
+                getattr(self, f"energy_{name}"),
+                getattr(self, f"energy_{name}_quantile"),
+            ):
+                raise ConfigError(
+                    f"--energy-{name} and --energy-{name}-quantile: give one threshold, not both"
+                )
+
+
+def _energy_thresholds(policy: Any, args: DeployArgs) -> dict[str, float | None]:
+    """``scale_above`` / ``replan_above`` / ``stop_above`` from the energy flags, quantile
+    flags converted through the policy's calibration."""
+    from ebt_policy.deploy.energy import energy_at_quantile
+
+    out = {}
+    for name in ("scale", "replan", "stop"):
+        value, q = getattr(args, f"energy_{name}"), getattr(args, f"energy_{name}_quantile")
+        if q is not None:
+            value = energy_at_quantile(policy, q, f"--energy-{name}-quantile")
+        out[f"{name}_above"] = value
+    return out
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -158,6 +187,8 @@ def main(argv: list[str]) -> int:
         kwargs["env_kwargs"] = _env_kwargs(args.checkpoint, task)
     robot = make_robot(args.robot, **kwargs)
     policy = load_policy(args.checkpoint, device=device)
+    # refused before the robot connects
+    energy = EnergyConfig(replan_steps=args.energy_replan_steps, **_energy_thresholds(policy, args))
     status: dict[str, Any] = {"last": time.monotonic(), "ticks": 0, "latency": [], "events": 0}
 
     def on_step(log: Any, obs: Any) -> None:
@@ -193,12 +224,7 @@ def main(argv: list[str]) -> int:
             config = LoopConfig(
                 rate_hz=rate_hz,
                 max_steps=int(args.duration * rate_hz) if args.duration else None,
-                energy=EnergyConfig(
-                    scale_above=args.energy_scale,
-                    replan_above=args.energy_replan,
-                    replan_steps=args.energy_replan_steps,
-                    stop_above=args.energy_stop,
-                ),
+                energy=energy,
                 safety=SafetyConfig(
                     max_step_accel=args.max_step_accel,
                     max_step_change=args.max_step_change,

@@ -5,19 +5,24 @@ loop stops the robot and latches a fault for the operator; above ``replan_above`
 not used: the loop holds and plans again (with ``replan_steps`` descent steps where the policy
 has ``set_inference``), and uses that second plan whatever its energy, unless it crosses
 ``stop_above``; above ``scale_above`` the chunk is used with every step scaled by
-``scale_factor`` (a slower, more careful motion). Until the checkpoint carries an energy
-calibration, thresholds are set explicitly (``--energy-stop`` etc.).
+``scale_factor`` (a slower, more careful motion). Thresholds are set in energy units
+(``--energy-stop`` etc.) or, for a checkpoint with a ``calibration.json`` (``ebt-policy
+calibrate``), as quantiles of the energies its planner reached on held-out demonstrations
+(``--energy-stop-quantile 0.99``: stop above the 99th percentile); :func:`energy_at_quantile`
+converts them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from ebt_policy.deploy.safety import check_positive
 from ebt_policy.errors import ConfigError
 
-__all__ = ["EnergyConfig", "Response"]
+__all__ = ["EnergyConfig", "Response", "energy_at_quantile"]
 
 Response = Literal["use", "scale", "replan", "stop"]
 
@@ -55,3 +60,28 @@ class EnergyConfig:
         if self.scale_above is not None and energy > self.scale_above:
             return "scale"
         return "use"
+
+
+def energy_at_quantile(policy: Any, quantile: float, flag: str) -> float:
+    """The energy at ``quantile`` (in (0, 1]) of the held-out demonstration energies in the
+    policy's calibration. ConfigError naming ``flag`` when the policy has no calibration, it
+    was measured with another stopping rule than the policy plans with, or the quantile is out
+    of range."""
+    from ebt_policy.policies.calibration import LEVELS, chunk_uncertainty
+
+    if not (np.isfinite(quantile) and 0 < quantile <= 1):
+        raise ConfigError(f"{flag}: expected a quantile in (0, 1], got {quantile}")
+    calibration = getattr(policy, "calibration", None)
+    if calibration is None:
+        raise ConfigError(
+            f"{flag}: the checkpoint has no calibration.json (run `ebt-policy calibrate` on it, "
+            "or give the threshold in energy units)"
+        )
+    probe = np.zeros(1, np.float32)
+    if chunk_uncertainty(policy, probe, probe) is None:
+        raise ConfigError(
+            f"{flag}: calibration.json was measured with {calibration.descent_steps} descent "
+            f"steps / min grad {calibration.descent_min_grad:g}, not the policy's stopping rule "
+            "(re-run `ebt-policy calibrate`)"
+        )
+    return float(np.interp(quantile, LEVELS, calibration.quantiles["energy"]))

@@ -166,23 +166,29 @@ class DeployLoop:
         lat = self.steady_latencies[-50:]
         return (float(np.quantile(lat, 0.9)) if lat else 0.0) + self.dt
 
-    def _first_chunk(self, obs: Observation, seed: int | None) -> Chunk | PlanFailure | None:
+    def _first_chunk(
+        self, obs: Observation, seed: int | None
+    ) -> tuple[Chunk | PlanFailure | None, Observation]:
         """Start the worker's episode and plan its first chunk synchronously (the clock starts
-        after it); the first ``warmup_plans`` plans of the loop are thrown away."""
+        after it); the first ``warmup_plans`` plans of the loop are thrown away, and the kept
+        plan starts from a frame read after them (the robot moved on while they ran). Returns
+        the plan and the frame it started from."""
         if self._worker is None:
             keys = [k for k in self.robot.spec.obs_keys if k in obs]
             self._worker = InferenceWorker(self.policy, self.dt, self.config.action_offset, keys)
         worker = self._worker
         n_warm = 0 if self._warm else self.config.warmup_plans
         result = None
-        for _ in range(n_warm + 1):
+        for i in range(n_warm + 1):
+            if i > 0:
+                obs = self.robot.observation()
             worker.start_episode(obs, seed)
             worker.request()
             result = worker.wait(self.config.first_plan_timeout_s)
             if not isinstance(result, Chunk):
                 break
         self._warm = True
-        return result
+        return result, obs
 
     def _run_episode(self, report: EpisodeReport) -> None:
         robot, safety = self.robot, self.safety
@@ -193,7 +199,7 @@ class DeployLoop:
         robot.start_episode(report.seed)
         safety.start_episode()
         obs = robot.observation()
-        first = self._first_chunk(obs, report.seed)
+        first, obs = self._first_chunk(obs, report.seed)
         if not isinstance(first, Chunk):
             safety.trip("first_plan", repr(first.error) if first else "timed out")
             return
@@ -268,7 +274,8 @@ class DeployLoop:
         self, chunk: Chunk, tick: float, status: str | None, age: float, events: list[str]
     ) -> tuple[np.ndarray, int]:
         """The chunk's action for this tick and 1 + its index, or (hold, 0) when none is usable
-        (``events`` says why). Actions whose tick has passed are dropped, never sent late."""
+        (``events`` says why). Actions whose tick has passed are dropped, never sent late;
+        one due at a later tick waits for it, never sent early."""
         if status in ("stale", "out_of_order"):
             events += [status, "hold_obs"]
             return self.safety.hold(), 0
@@ -281,6 +288,9 @@ class DeployLoop:
             events.append("over_budget")
             return self.safety.hold(), 0
         i = start + int(np.argmin(late))
+        if chunk.due[i] >= tick + self.dt / 2:  # due at a later tick (action_offset > 0.5)
+            events.append("early")
+            return self.safety.hold(), 0
         if i > start:
             events.append(f"dropped_late:{i - start}")
         self._cursor = (chunk.id, i + 1)

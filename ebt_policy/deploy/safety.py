@@ -163,7 +163,7 @@ class SafetyLayer:
     def filter(self, action: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """The action to send for the policy's ``action``, and the events it raised."""
         if self.fault is not None:
-            return self.stop_action, ["faulted"]
+            return self.hold(), ["faulted"]
         a = np.asarray(action, np.float64)
         if a.shape != (self.spec.action_dim,):
             self.trip("shape", f"action of shape {a.shape}, expected ({self.spec.action_dim},)")
@@ -206,14 +206,23 @@ class SafetyLayer:
         return np.clip(self.last_action + step, self.low, self.high)
 
     def hold(self) -> np.ndarray:
-        """What a loop without a usable fresh action sends: the robot's stop action for a delta
-        robot (repeating the last delta would keep it moving while the loop is blind), the last
-        safe target for an absolute one."""
-        self._last_step = np.zeros(self.spec.action_dim)  # holding: the target stands still
-        if self.fault or self.spec.action_kind == "delta":
-            held = self.stop_action.copy()
-            self.last_action = held.copy()  # the change cap then applies from what was sent
-            return held
+        """What a loop without a usable fresh action sends (also after a fault): the robot's stop
+        action for a delta robot (repeating the last delta would keep it moving while the loop is
+        blind); for an absolute one the last safe target, or, with ``max_step_accel``, a target
+        that brakes the current motion at that limit (freezing it in one tick would be an
+        unbounded deceleration), within the action limits."""
+        if self.spec.action_kind == "delta":
+            self._last_step = np.zeros(self.spec.action_dim)
+            self.last_action = self.stop_action.copy()  # the change cap applies from what was sent
+            return self.last_action.copy()
+        accel = self.config.max_step_accel
+        if accel is None:
+            self._last_step = np.zeros(self.spec.action_dim)  # the target stands still
+            return self.last_action.copy()
+        # each component's step shrinks toward zero by at most accel: v, v - a, ..., 0
+        step = np.sign(self._last_step) * np.maximum(np.abs(self._last_step) - accel, 0.0)
+        self.last_action = np.clip(self.last_action + step, self.low, self.high)
+        self._last_step = step
         return self.last_action.copy()
 
     # ------------------------------------------------------------------ observations

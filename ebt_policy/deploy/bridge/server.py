@@ -16,6 +16,7 @@ import hmac
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -59,6 +60,8 @@ class RobotServer:
         token: shared secret every message must carry (required beyond loopback).
         client_timeout_s: stop the robot when the session's client is silent this long.
         max_bytes: size limit of one message.
+        clock: the server machine's monotonic clock, the one the robot's timestamps use
+            (replies carry it; a client on another machine converts between the two).
     """
 
     def __init__(
@@ -69,8 +72,10 @@ class RobotServer:
         allow_remote: bool = False,
         client_timeout_s: float = 0.5,
         max_bytes: int = MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         check_bind(bind, allow_remote, token)
+        self.clock = clock
         self.robot, self.bind, self.token = robot, bind, token
         self.client_timeout_s = float(client_timeout_s)
         self.max_bytes = int(max_bytes)
@@ -105,7 +110,7 @@ class RobotServer:
 
     # ------------------------------------------------------------------ internals
     def _check_client(self) -> None:
-        silent = time.monotonic() - self._last_heard
+        silent = self.clock() - self._last_heard
         if self._session is not None and silent > self.client_timeout_s:
             log.warning("client silent for %.2f s: stopping the robot", silent)
             self.robot.stop()
@@ -114,7 +119,7 @@ class RobotServer:
 
     def _reply(self, sock: zmq.Socket, ident: bytes, kind: str, ack: int, body: dict) -> None:
         self._seq += 1
-        sock.send_multipart([ident, encode(kind, self._seq, time.monotonic(), body, ack=ack)])
+        sock.send_multipart([ident, encode(kind, self._seq, self.clock(), body, ack=ack)])
 
     def _answer(self, sock: zmq.Socket, ident: bytes, frame: bytes) -> None:
         ack = -1
@@ -146,7 +151,7 @@ class RobotServer:
             if self._session == ident and seq <= self._last_seq:
                 raise ProtocolError(f"seq {seq} not after {self._last_seq} (replayed hello)")
             self._session, self._last_seq = ident, seq
-            self._last_heard = time.monotonic()
+            self._last_heard = self.clock()
             spec = dataclasses.asdict(self.robot.spec)
             return {"spec": spec, "metadata": self.robot.dataset_metadata()}
         if ident != self._session:
@@ -154,7 +159,7 @@ class RobotServer:
         if seq <= self._last_seq:
             raise ProtocolError(f"seq {seq} not after {self._last_seq} (replayed or reordered)")
         self._last_seq = seq
-        self._last_heard = time.monotonic()
+        self._last_heard = self.clock()
         return self._dispatch(kind, body)
 
     def _dispatch(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
