@@ -135,7 +135,7 @@ def test_policy_sees_to_frames_and_actions_carry_due_times() -> None:
     assert policy.windows[0]["agent_pos"].shape == (1, 2, 2)  # (B, To, 2)
     assert set(policy.windows[0]) == {"agent_pos", "agent_vel"}  # no timestamp / seq
     used = [s for s in report.log if s.chunk >= 0]
-    assert used and all(at is not None for _, at in robot.sent)
+    assert used and sum(at is not None for _, at in robot.sent) == len(used)  # holds: None
     assert [s.energy for s in used][0] is not None
 
 
@@ -347,13 +347,15 @@ def test_the_warmup_plan_keeps_its_spike_out_of_the_first_chunk_and_the_latency_
         assert loop._lead_s() < 0.25 + loop.dt
 
 
-@pytest.mark.parametrize("offset", [0.0, 2.0])
+@pytest.mark.parametrize("offset", [0.0, 3.0])
 def test_actions_are_never_sent_before_their_tick(offset: float) -> None:
     """With ``action_offset`` the chunk's first action is due offset periods after capture:
-    until its tick comes the loop holds (event ``early``) instead of sending it ahead."""
+    until its tick comes the loop sends nothing (event ``early``; the robot keeps its current
+    action) instead of sending it ahead."""
     report, robot, loop = _run(ScriptedPolicy(expert=False), max_steps=20, action_offset=offset)
     assert report.fault is None
     sends = zip(robot.sent, robot.sent_wall, strict=True)
     ahead = [at - wall for (_, at), wall in sends if at is not None]
     assert ahead and max(ahead) < loop.dt / 2 + 0.005
-    assert (report.events["early"] > 0) == (offset > 0.5)
+    if offset > 0.5:  # (with 0 a tick after a late one can also come early: not asserted)
+        assert report.events["early"] > 0

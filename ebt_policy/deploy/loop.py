@@ -56,6 +56,9 @@ class LoopConfig:
             raise ConfigError(f"LoopConfig.max_steps: must be >= 1, got {self.max_steps}")
 
 
+EARLY = -1  # _pick: the next action is due at a later tick (nothing is sent this tick)
+
+
 @dataclass
 class StepLog:
     """One control tick."""
@@ -240,16 +243,22 @@ class DeployLoop:
             if age > self.watchdog_stop_s:
                 safety.trip("watchdog", f"no fresh chunk for {age:.2f} s")
             action, used = self._pick(chunk, tick, status, age, events)
-            sent, safety_events = safety.filter(action) if used else (safety.hold(), [])
+            if used == EARLY:  # the robot keeps its current action for one more tick
+                sent, safety_events = safety.last_action.copy(), []
+            elif used:
+                sent, safety_events = safety.filter(action)
+            else:
+                sent, safety_events = safety.hold(), []
             events += safety_events
             if safety.fault is not None:
                 robot.stop()
                 self._log(report, step, tick, obs, status, None, safety.stop_action, events)
                 return
-            robot.send(sent, at_time=float(chunk.due[used - 1]) if used else None)
+            if used != EARLY:
+                robot.send(sent, at_time=float(chunk.due[used - 1]) if used else None)
             if not worker.in_flight and chunk.due[-1] - tick <= self._lead_s():
                 worker.request()
-            self._log(report, step, tick, obs, status, chunk if used else None, sent, events)
+            self._log(report, step, tick, obs, status, chunk if used > 0 else None, sent, events)
             if obs.get("done"):
                 return
 
@@ -273,9 +282,10 @@ class DeployLoop:
     def _pick(
         self, chunk: Chunk, tick: float, status: str | None, age: float, events: list[str]
     ) -> tuple[np.ndarray, int]:
-        """The chunk's action for this tick and 1 + its index, or (hold, 0) when none is usable
-        (``events`` says why). Actions whose tick has passed are dropped, never sent late;
-        one due at a later tick waits for it, never sent early."""
+        """The chunk's action for this tick and 1 + its index, (hold, 0) when none is usable
+        (``events`` says why), or (last action, EARLY) when the next is due at a later tick:
+        nothing is sent, the robot keeps its current action. Actions whose tick has passed are
+        dropped, never sent late, and none is sent before its tick."""
         if status in ("stale", "out_of_order"):
             events += [status, "hold_obs"]
             return self.safety.hold(), 0
@@ -288,9 +298,9 @@ class DeployLoop:
             events.append("over_budget")
             return self.safety.hold(), 0
         i = start + int(np.argmin(late))
-        if chunk.due[i] >= tick + self.dt / 2:  # due at a later tick (action_offset > 0.5)
-            events.append("early")
-            return self.safety.hold(), 0
+        if chunk.due[i] >= tick + self.dt / 2:  # due at a later tick: this tick came early
+            events.append("early")  # (after a late tick, or with action_offset > 0.5)
+            return self.safety.last_action, EARLY
         if i > start:
             events.append(f"dropped_late:{i - start}")
         self._cursor = (chunk.id, i + 1)
