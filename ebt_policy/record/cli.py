@@ -98,6 +98,12 @@ def main(argv: list[str]) -> int:
 
     args = parse_flags(RecordArgs, argv, "ebt-policy record")
     check_output_path(args.out, "store", "--out")
+    if args.out.exists():  # refuse a store record cannot resume before anything starts
+        from ebt_policy.datasets import EpisodeStore
+        from ebt_policy.record.session import recording_meta
+
+        with EpisodeStore.open(args.out, "r", check_values=False) as store:
+            recording_meta(store)
     if args.images:
         default_mujoco_gl()
     robot = build_robot(args)

@@ -54,7 +54,9 @@ class RecordSummary:
     stopped: bool = False  # Ctrl-C ended the call early
 
 
-def _recording_meta(store: Any) -> dict[str, Any]:
+def recording_meta(store: Any) -> dict[str, Any]:
+    """The store's ``recording`` metadata; DatasetError when `ebt-policy record` did not write
+    the store."""
     rec = store.metadata.get("recording")
     if not isinstance(rec, Mapping) or "episode_success" not in rec:
         raise DatasetError(
@@ -73,7 +75,7 @@ def open_recording(out: str, metadata: dict[str, Any], seed: int) -> tuple[Any, 
         rec = {"seed": int(seed), "episode_success": [], "episode_seeds": [], "teleop": []}
         return EpisodeStore.create(out, {**metadata, "recording": rec}), rec
     store = EpisodeStore.open(out, "a", check_values=False)
-    rec = _recording_meta(store)
+    rec = recording_meta(store)
     for key in MATCH_KEYS:
         have, want = store.metadata.get(key), metadata.get(key)
         if have != want:

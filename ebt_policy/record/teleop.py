@@ -184,7 +184,12 @@ class StdinKeys:
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         """Read keys while inside the block; the terminal's mode is restored on exit."""
-        fd = self.stream.fileno()
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            raise ConfigError(
+                "keyboard keys: stdin is not readable (run in a terminal, or pipe the keys in)"
+            ) from None
         saved = None
         if os.isatty(fd):
             import termios
@@ -198,6 +203,7 @@ class StdinKeys:
             yield
         finally:
             self._stop.set()
+            self._thread.join(timeout=1.0)  # wakes within select's 0.1 s
             if saved is not None:
                 import termios
 
@@ -205,10 +211,13 @@ class StdinKeys:
 
     def _read(self, fd: int) -> None:
         while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
+            try:
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                data = os.read(fd, 64) if ready else None
+            except OSError:  # the stream was closed under us
+                return
+            if data is None:
                 continue
-            data = os.read(fd, 64)
             if not data:
                 return  # end of input
             for ch in data.decode("utf-8", "replace"):

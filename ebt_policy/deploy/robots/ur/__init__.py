@@ -60,8 +60,9 @@ def make_ur_robot(
         )
         return robot
     if kind == "ur-fake":
-        from ebt_policy.deploy.robots.ur.fake import FakeURController, register_fake
+        from ebt_policy.deploy.robots.ur.fake import FakeURController
         from ebt_policy.deploy.robots.ur.fake_gripper import FakeRobotiqServer
+        from ebt_policy.deploy.robots.ur.fake_rtde import register_fake
 
         controller = FakeURController(fake_settings)
         controller.start()

@@ -73,7 +73,7 @@ def rtde_interfaces(host: str, frequency: float) -> tuple[Any, Any]:
 
 def fake_interfaces(host: str, frequency: float) -> tuple[Any, Any]:
     """The fake's look-alikes of ``ur_rtde``'s interfaces (tests, ``ur-fake://``)."""
-    from ebt_policy.deploy.robots.ur.fake import (
+    from ebt_policy.deploy.robots.ur.fake_rtde import (
         FakeRTDEControlInterface,
         FakeRTDEReceiveInterface,
     )
