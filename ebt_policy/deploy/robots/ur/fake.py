@@ -229,6 +229,7 @@ class FakeURController:
             self.program_running, self.watchdog_s = True, None
             self.last_kick = self.clock()
             self._event("upload")
+            self._record_state()
             return True
 
     def stop_script(self) -> None:
@@ -236,6 +237,7 @@ class FakeURController:
             self._event("stopScript")
             self.program_running = False
             self._begin_stop(self.decel)
+            self._record_state()
 
     def set_watchdog(self, min_frequency: float) -> bool:
         with self._lock:
@@ -250,6 +252,7 @@ class FakeURController:
     def trigger_protective_stop(self) -> bool:
         with self._lock:
             self._protective_stop("triggered")
+            self._record_state()
             return True
 
     def unlock_protective_stop(self) -> None:
@@ -257,6 +260,7 @@ class FakeURController:
         with self._lock:
             self._event("unlock")
             self.protective_stop = None
+            self._record_state()
 
     def joints(self) -> list[float]:
         """Joint positions, rad (constant: the fake has no kinematics)."""
