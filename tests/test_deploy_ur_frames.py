@@ -89,7 +89,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_full_config_file_loads(tmp_path: Path) -> None:
-    cfg = load_ur_config(write(tmp_path, """
+    cfg = load_ur_config(
+        write(
+            tmp_path,
+            """
 [robot]
 control_hz = 10
 gain = 500
@@ -99,7 +102,9 @@ workspace_max = [0.3, -0.1, 0.4]
 max_speed = 0.1
 [gripper]
 kind = "none"
-"""))
+""",
+        )
+    )
     assert cfg.robot.control_hz == 10.0 and cfg.robot.gain == 500.0
     assert cfg.limits.workspace_max == [0.3, -0.1, 0.4] and cfg.gripper.kind == "none"
 

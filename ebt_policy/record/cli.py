@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from dataclasses import dataclass
@@ -122,35 +123,15 @@ def main(argv: list[str]) -> int:
         print(f"episode {index}: {steps} steps, {verdict}", file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, _interrupt)
-    keys = StdinKeys(device) if args.teleop != "replay" else None
+    # a replay needs no operator (and no stdin); every other device reads the episode keys
+    keys = StdinKeys(device).running() if args.teleop != "replay" else contextlib.nullcontext()
+    paced = not (lockstep and args.teleop == "replay")  # nobody to keep pace with
     try:
-        if keys is not None:
-            with keys.running():
-                summary = record(
-                    robot,
-                    device,
-                    str(args.out),
-                    episodes,
-                    args.seed,
-                    args.teleop,
-                    args.max_steps,
-                    True,
-                    args.rate,
-                    report,
-                )
-        else:
+        with keys:
             summary = record(
-                robot,
-                device,
-                str(args.out),
-                episodes,
-                args.seed,
-                args.teleop,
-                args.max_steps,
-                not lockstep,
-                args.rate,
-                report,
-            )
+                robot, device, str(args.out), episodes, args.seed, args.teleop,
+                args.max_steps, paced, args.rate, report,
+            )  # fmt: skip
     finally:
         device.close()
     print(

@@ -300,9 +300,11 @@ class URRobot(Robot):
                     with self._ctl_lock:
                         args = (0.0, 0.0, rate.period, cfg.lookahead_time, cfg.gain)
                         ok = self._ctl.servoL(target, *args)
-                    if not ok:
+                    if not ok:  # the program stopped: say why when the arm knows
+                        pstop = bool(self._rcv.isProtectiveStopped())
+                        why = "protective stop" if pstop else "servoL refused (program stopped)"
                         with self._lock:
-                            self._latch("servoL refused (control program stopped)")
+                            self._latch(why)
                 if self.fault is not None and not faulted:
                     self._servo_stop()  # once, when the fault latches
         except Exception as exc:
