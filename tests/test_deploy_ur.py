@@ -272,10 +272,11 @@ def test_a_killed_process_driving_the_arm_leaves_it_stopped_within_the_watchdog_
         child.wait(timeout=10)
         assert wait_until(lambda: at_rest(controller), timeout=2.0)
         status = controller.status()
-        (fired,) = [t for t, e in status["events"] if e == "watchdog"]
-        # the last kick came at most one servo period before the kill; 1 / watchdog_hz = 0.1 s,
-        # then a stop from 0.2 m/s at 10 m/s^2 takes 20 ms; 50 ms slack for a busy machine
-        assert fired - killed_at <= 0.1 + 0.05
+        fired = [t for t, e in status["events"] if e == "watchdog"]
+        # the last trip is the one after the kill (a child starved on a busy machine can trip it
+        # earlier too, and restart the program for its next episode). The last kick came before
+        # the kill; 1 / watchdog_hz = 0.1 s, then a stop from 0.2 m/s at 10 m/s^2 takes 20 ms
+        assert fired and fired[-1] - killed_at <= 0.1 + 0.05
         assert status["t"] - fired >= 0 and not status["program_running"]
     finally:
         if child.poll() is None:
