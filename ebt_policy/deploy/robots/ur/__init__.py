@@ -24,6 +24,7 @@ __all__ = [
     "RobotiqGripper",
     "URConfig",
     "URError",
+    "FakeURRobot",
     "URRobot",
     "load_ur_config",
     "make_ur_robot",
@@ -37,6 +38,23 @@ def _gripper(cfg: URConfig, host: str) -> Gripper:
     if g.kind == "none":
         return NoGripper()
     return RobotiqGripper(host, g.port, g.speed, g.force, g.stroke)
+
+
+class FakeURRobot(URRobot):
+    """A :class:`URRobot` that owns its in-process fake arm (``fake``) and gripper server: the
+    arm's 500 Hz thread runs while the robot is connected; its state stays readable after."""
+
+    def __init__(self, fake: Any, fake_gripper: Any, *args: Any) -> None:
+        super().__init__(*args)
+        self.fake, self.fake_gripper = fake, fake_gripper
+
+    def connect(self) -> None:
+        self.fake.start()
+        super().connect()
+
+    def disconnect(self) -> None:
+        super().disconnect()
+        self.fake.shutdown()
 
 
 def make_ur_robot(
@@ -65,7 +83,6 @@ def make_ur_robot(
         from ebt_policy.deploy.robots.ur.fake_rtde import register_fake
 
         controller = FakeURController(fake_settings)
-        controller.start()
         name = f"fake-{next(_fake_ids)}"
         register_fake(name, controller)
         gripper: Gripper = NoGripper()
@@ -75,7 +92,5 @@ def make_ur_robot(
             gripper = RobotiqGripper(
                 "127.0.0.1", server.port, cfg.gripper.speed, cfg.gripper.force, cfg.gripper.stroke
             )
-        robot = URRobot(name, cfg, fake_interfaces, gripper, name="ur-fake://")
-        robot.fake, robot.fake_gripper = controller, server  # type: ignore[attr-defined]
-        return robot
+        return FakeURRobot(controller, server, name, cfg, fake_interfaces, gripper, "ur-fake://")
     raise ConfigError(f"--robot {target!r}: expected ur-rtde://HOST or ur-fake://[HOST:PORT]")
