@@ -161,3 +161,27 @@ def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_fakes_methods_exist_in_ur_rtde_with_the_same_parameters() -> None:
+    """Checked against the installed ur_rtde (skipped without it): every public method of the
+    fakes exists on the real interface and takes as many positional parameters."""
+    import inspect
+    import re
+
+    rtde_control = pytest.importorskip("rtde_control")
+    rtde_receive = pytest.importorskip("rtde_receive")
+    pairs = [
+        (FakeRTDEControlInterface, rtde_control.RTDEControlInterface),
+        (FakeRTDEReceiveInterface, rtde_receive.RTDEReceiveInterface),
+    ]
+    for fake, real in pairs:
+        for name, method in inspect.getmembers(fake, inspect.isfunction):
+            if name.startswith("_") and name != "__init__":
+                continue
+            assert hasattr(real, name), f"{real.__name__} has no {name}"
+            # pybind11 puts the signature on the docstring's first line: name(self: ..., a: ...)
+            first = getattr(real, name).__doc__.splitlines()[0]
+            n_real = len(re.findall(r"(?:\(|, )\w+: ", first))
+            n_fake = len(inspect.signature(method).parameters)
+            assert n_real == n_fake, f"{name}: ur_rtde {first!r}, fake {n_fake} parameters"
