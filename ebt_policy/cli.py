@@ -48,6 +48,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "ebt_policy.policies.calibrate_cli:main",
         "Calibrate a checkpoint's uncertainty on held-out demos.",
     ),
+    ("record",): ("ebt_policy.record.cli:main", "Record teleoperated demonstrations on a robot."),
     ("deploy",): ("ebt_policy.deploy.cli:main", "Run a trained policy on a robot in real time."),
     ("robot-server",): ("ebt_policy.deploy.cli:server_main", "Serve a robot over zmq for deploy."),
     ("bench", "latency"): (

@@ -33,8 +33,15 @@ RULES = {
     "deploy": (
         "import ebt_policy.deploy, ebt_policy.deploy.loop, ebt_policy.deploy.safety, "
         "ebt_policy.deploy.inference, ebt_policy.deploy.record, ebt_policy.deploy.robots, "
-        "ebt_policy.deploy.cli, ebt_policy.deploy.bridge",
-        ["zarr", "mujoco", "ebt_policy.datasets", "ebt_policy.training"],
+        "ebt_policy.deploy.cli, ebt_policy.deploy.bridge, ebt_policy.deploy.robots.ur.robot, "
+        "ebt_policy.deploy.robots.ur.fake_rtde, ebt_policy.deploy.robots.ur.fake_server, "
+        "ebt_policy.deploy.robots.ur.fake_gripper",
+        ["zarr", "mujoco", "ebt_policy.datasets", "ebt_policy.training", "rtde_control"],
+    ),
+    # recording demonstrations writes the store and may step a simulator, but trains nothing
+    "record": (
+        "import ebt_policy.record, ebt_policy.record.cli, ebt_policy.record.lockstep",
+        ["ebt_policy.training", "ebt_policy.policies", "torch"],
     ),
     "datasets": (
         "import ebt_policy.datasets as d; d.WindowDataset, d.Normalizer, d.compute_stats",

@@ -30,8 +30,11 @@ class DeployArgs:
     checkpoint: Path
     """Run or checkpoint directory."""
     robot: str
-    """sim:<task> (a registered task stepping in real time in this process) or tcp://HOST:PORT
-    (a robot served by `ebt-policy robot-server`; its token from EBT_ROBOT_TOKEN)."""
+    """sim:<task> (a registered task stepping in real time in this process), tcp://HOST:PORT
+    (a robot served by `ebt-policy robot-server`; its token from EBT_ROBOT_TOKEN), ur-rtde://HOST
+    (a UR arm) or ur-fake:// (a fake UR controller)."""
+    config: Path | None = None
+    """ur-rtde:// and ur-fake:// robots: the adapter's TOML file (limits, rates, frames)."""
     episodes: int = 1
     seed: int = 100_000
     """Episode i resets a simulated scene with seed + i."""
@@ -152,6 +155,15 @@ def _check_obs_keys(policy: Any, robot: Any, args: DeployArgs) -> None:
         )
 
 
+def _ur_kwargs(robot: str, config: Path | None) -> dict[str, Any]:
+    """``config=`` for a UR robot; ConfigError for --config with any other robot."""
+    if config is None:
+        return {}
+    if not robot.startswith(("ur-rtde:", "ur-fake:")):
+        raise ConfigError(f"--config is for ur-rtde:// and ur-fake:// robots, not {robot!r}")
+    return {"config": config}
+
+
 def _jsonl_row(log: Any) -> str:
     row = {k: getattr(log, k) for k in log.__dataclass_fields__}
     row["action"] = [float(x) for x in log.action]
@@ -185,6 +197,7 @@ def main(argv: list[str]) -> int:
             control_hz=args.rate, obs_latency_s=args.obs_latency, drop_prob=args.drop_prob
         )
         kwargs["env_kwargs"] = _env_kwargs(args.checkpoint, task)
+    kwargs.update(_ur_kwargs(args.robot, args.config))
     robot = make_robot(args.robot, **kwargs)
     policy = load_policy(args.checkpoint, device=device)
     # refused before the robot connects
@@ -267,7 +280,9 @@ class ServerArgs:
     default). The server stops the robot when its client is silent past --client-timeout."""
 
     robot: str
-    """sim:<task> (a registered task stepping in real time)."""
+    """sim:<task> (a registered task stepping in real time), ur-rtde://HOST or ur-fake://."""
+    config: Path | None = None
+    """ur-rtde:// and ur-fake:// robots: the adapter's TOML file."""
     bind: str = "tcp://127.0.0.1:5555"
     allow_remote: bool = False
     """Allow a non-loopback --bind (needs a token: whoever reaches the port moves the robot)."""
@@ -302,14 +317,18 @@ def server_main(argv: list[str]) -> int:
     from ebt_policy.deploy.bridge import RobotServer, check_bind
 
     check_bind(args.bind, args.allow_remote, token)  # refused before the robot starts
-    if not args.robot.startswith("sim:"):
-        raise ConfigError(f"--robot {args.robot!r}: the server drives sim:<task> robots")
+    if not args.robot.startswith(("sim:", "ur-rtde:", "ur-fake:")):
+        raise ConfigError(
+            f"--robot {args.robot!r}: the server drives sim:<task>, ur-rtde:// and ur-fake://"
+        )
     default_mujoco_gl()
     from ebt_policy.deploy.robots import make_robot
 
-    robot = make_robot(
-        args.robot, control_hz=args.rate, obs_latency_s=args.obs_latency, drop_prob=args.drop_prob
-    )
+    if args.robot.startswith("sim:"):
+        sim = dict(control_hz=args.rate, obs_latency_s=args.obs_latency, drop_prob=args.drop_prob)
+        robot = make_robot(args.robot, **sim, **_ur_kwargs(args.robot, args.config))
+    else:
+        robot = make_robot(args.robot, **_ur_kwargs(args.robot, args.config))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     server = RobotServer(robot, args.bind, token, args.allow_remote, args.client_timeout)
     signal.signal(signal.SIGTERM, _interrupt)
