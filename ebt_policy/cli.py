@@ -49,6 +49,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "Calibrate a checkpoint's uncertainty on held-out demos.",
     ),
     ("deploy",): ("ebt_policy.deploy.cli:main", "Run a trained policy on a robot in real time."),
+    ("export",): ("ebt_policy.inference.cli:main", "Export an EBT policy as ONNX / torch.export."),
     ("robot-server",): ("ebt_policy.deploy.cli:server_main", "Serve a robot over zmq for deploy."),
     ("bench", "latency"): (
         "ebt_policy.bench.cli:latency_main",
