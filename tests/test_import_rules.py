@@ -36,6 +36,12 @@ RULES = {
         "ebt_policy.deploy.cli, ebt_policy.deploy.bridge",
         ["zarr", "mujoco", "ebt_policy.datasets", "ebt_policy.training"],
     ),
+    # the inference engine, the export and the torch-free ONNX planner
+    "inference": (
+        "import ebt_policy.inference.engine, ebt_policy.inference.export, "
+        "ebt_policy.inference.onnx_runner, ebt_policy.inference.cli",
+        [*STORE_AND_SIM, "ebt_policy.training"],
+    ),
     "datasets": (
         "import ebt_policy.datasets as d; d.WindowDataset, d.Normalizer, d.compute_stats",
         ["ebt_policy.policies", "ebt_policy.envs", "ebt_policy.training"],
