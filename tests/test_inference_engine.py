@@ -222,3 +222,31 @@ def test_cuda_graph_replays_the_fixed_step_descent(bf16: bool) -> None:
     assert graphed.steps.tolist() == [policy.config.descent.descent_steps] * 4
     adaptive = policy.predict_chunk(obs, descent_steps=20, descent_min_grad=1e-3)
     assert policy.engine.last_path == "eager" and (adaptive.steps <= 20).all()
+
+
+# ---------------------------------------------------------------------------- eval flags
+def test_eval_plans_with_warm_start_and_best_of_k(tmp_path, capsys) -> None:
+    """`ebt-policy eval --warm-start --best-of K` reaches the engine through predict_chunk."""
+    import json
+
+    from ebt_policy.cli import main
+    from ebt_policy.datasets import EpisodeStore, stats_from_metadata
+    from ebt_policy.envs.collect import CollectConfig, collect
+    from ebt_policy.policies.checkpoint import save_pretrained
+
+    store_path = tmp_path / "demos.zarr"
+    collect(CollectConfig("twogoal", 1, store_path, seed=0))
+    store = EpisodeStore.open(store_path)
+    shape_meta = store.shape_meta(store.metadata["obs_keys"]["low_dim"])
+    cfg = make_policy_config("ebt", preset="mlp", mlp_hidden=32)
+    policy = make_policy(cfg, shape_meta, stats_from_metadata(store.metadata))
+    ckpt = save_pretrained(
+        policy, tmp_path / "ckpt", shape_meta=shape_meta, dataset_metadata=store.metadata
+    )
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--checkpoint", str(ckpt), "--episodes", "2", "--max-episode-steps", "24"]
+    argv += ["--json", str(out), "--warm-start", "--best-of", "3"]
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["n_chunks"] >= 6  # 3 chunks per episode, 2 episodes
+    assert main([*argv, "--best-of", "0"]) == 2
+    assert "best_of must be >= 1" in capsys.readouterr().err
