@@ -50,6 +50,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ),
     ("record",): ("ebt_policy.record.cli:main", "Record teleoperated demonstrations on a robot."),
     ("deploy",): ("ebt_policy.deploy.cli:main", "Run a trained policy on a robot in real time."),
+    ("export",): ("ebt_policy.inference.cli:main", "Export an EBT policy as ONNX / torch.export."),
     ("robot-server",): ("ebt_policy.deploy.cli:server_main", "Serve a robot over zmq for deploy."),
     ("bench", "latency"): (
         "ebt_policy.bench.cli:latency_main",

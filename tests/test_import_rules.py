@@ -43,6 +43,12 @@ RULES = {
         "import ebt_policy.record, ebt_policy.record.cli, ebt_policy.record.lockstep",
         ["ebt_policy.training", "ebt_policy.policies", "torch"],
     ),
+    # the inference engine, the export and the torch-free ONNX planner
+    "inference": (
+        "import ebt_policy.inference.engine, ebt_policy.inference.export, "
+        "ebt_policy.inference.onnx_runner, ebt_policy.inference.cli",
+        [*STORE_AND_SIM, "ebt_policy.training"],
+    ),
     "datasets": (
         "import ebt_policy.datasets as d; d.WindowDataset, d.Normalizer, d.compute_stats",
         ["ebt_policy.policies", "ebt_policy.envs", "ebt_policy.training"],

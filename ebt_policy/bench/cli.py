@@ -3,7 +3,7 @@
 Usage::
 
     ebt-policy bench latency [--preset tiny] [--device cpu|cuda] [--batch 1,32] [--calls 200]
-        [--warmup 10] [--threads N] [--json FILE]
+        [--warmup 10] [--threads N] [--json FILE] [--engine [--compile]] [--gc-off]
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ class LatencyArgs:
     action_dim: int = 7
     json: Path | None = None
     """Also write the results here."""
+    engine: bool = False
+    """Also time the inference engine's options (bf16, warm start, best-of-K, onnxruntime...)."""
+    compile: bool = False
+    """With --engine: add a torch.compile row (compiles once per batch size: minutes on a CPU)."""
+    gc_off: bool = False
+    """Collect, freeze and disable Python's garbage collector while timing."""
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -64,12 +70,16 @@ def latency_table(result: Any) -> Any:
         f"({machine['threads']} threads), {cfg.calls} calls",
         caption=RANDOM_WEIGHTS_NOTE,
     )
-    for name in ("variant", "batch", "steps", "params", "p50 ms", "p99 ms", "x EBT p50"):
+    columns = ("variant", "batch", "steps", "params", "p50 ms", "p99 ms", "x EBT p50",
+               "GFLOP/chunk", "GFLOP/s")  # fmt: skip
+    for name in columns:
         table.add_column(name, justify="left" if name == "variant" else "right", no_wrap=True)
     for t in result.timings:
         table.add_row(
             t.variant, str(t.batch), f"{t.steps:.1f}", f"{t.n_parameters / 1e6:.2f}M",
             f"{t.p50_ms:.2f}", f"{t.p99_ms:.2f}", f"{t.ratio_to_ebt:.1f}",
+            "-" if t.gflop is None else f"{t.gflop:.3f}",
+            "-" if t.gflops is None else f"{t.gflops:.1f}",
         )  # fmt: skip
     return table
 
@@ -104,7 +114,7 @@ def latency_main(argv: list[str]) -> int:
     cfg = LatencyConfig(
         preset=args.preset, device=args.device, batch_sizes=parse_batch_sizes(args.batch),
         calls=args.calls, warmup=args.warmup, obs_dim=args.obs_dim, action_dim=args.action_dim,
-        threads=args.threads,
+        threads=args.threads, engine=args.engine, compile=args.compile, gc_off=args.gc_off,
     )  # fmt: skip
     console = Console(stderr=True)
     with console.status("building policies") as status:

@@ -9,11 +9,13 @@ norms (the result reports the mean steps it used).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,9 @@ class LatencyConfig:
     obs_dim: int = 19  # Lift's low-dim observation size
     action_dim: int = 7
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    engine: bool = False  # also time the inference engine's options (EBT rows only)
+    compile: bool = False  # with engine: a torch.compile row (compiles per batch size: minutes)
+    gc_off: bool = False  # collect, freeze and disable Python's GC while timing (p99 study)
 
     def __post_init__(self) -> None:
         if self.calls < 1 or self.warmup < 0:
@@ -64,6 +69,8 @@ class VariantTiming:
     steps: float  # mean descent / denoising steps per chunk
     n_parameters: int
     ratio_to_ebt: float | None = None  # this variant's p50 / EBT's (preset steps) p50
+    gflop: float | None = None  # per chunk (per batch row), FlopCounterMode on the torch path
+    gflops: float | None = None  # achieved: FLOPs of one call / its p50 time
 
 
 @dataclass
@@ -103,6 +110,7 @@ class Variant:
     policy: str
     plan: Callable[[dict[str, np.ndarray]], Any]  # obs window -> ChunkPrediction
     n_parameters: int
+    flops_like: str | None = None  # count FLOPs on this (torch) variant's plan instead
 
 
 def build_variants(cfg: LatencyConfig) -> tuple[list[Variant], list[str]]:
@@ -145,6 +153,10 @@ def build_variants(cfg: LatencyConfig) -> tuple[list[Variant], list[str]]:
             variants.append(Variant(label, name, policy.predict_chunk, n_params(policy)))
     mse = build("mse")
     variants.append(Variant("MSE (1 pass)", "mse", mse.predict_chunk, n_params(mse)))
+    if cfg.engine:
+        from ebt_policy.bench.engine_rows import engine_variants
+
+        variants += engine_variants(cfg, lambda: build("ebt"), variants[0].label, skipped)
     return variants, skipped
 
 
@@ -178,27 +190,76 @@ def run_latency(cfg: LatencyConfig, progress: Callable[[str], None] | None = Non
         for variant in variants:
             for _ in range(cfg.warmup):
                 variant.plan(obs)
+        flops = {v.label: count_flops(v.plan, obs) for v in variants if v.flops_like is None}
         times: list[list[float]] = [[] for _ in variants]
         steps: list[list[float]] = [[] for _ in variants]
-        for call in range(cfg.calls):
-            if progress is not None and call % 20 == 0:
-                progress(f"batch {B}: round {call + 1} / {cfg.calls}")
-            n = len(variants)
-            for j in range(n):
-                i = (call + j) % n  # rotate the order every round
-                t0 = time.perf_counter()
-                pred = variants[i].plan(obs)  # returns numpy: the device has finished
-                times[i].append(time.perf_counter() - t0)
-                if pred.steps is not None:
-                    steps[i].append(float(np.mean(pred.steps)))
+        with _gc_paused(cfg.gc_off):
+            for call in range(cfg.calls):
+                if progress is not None and call % 20 == 0:
+                    progress(f"batch {B}: round {call + 1} / {cfg.calls}")
+                n = len(variants)
+                for j in range(n):
+                    i = (call + j) % n  # rotate the order every round
+                    t0 = time.perf_counter()
+                    pred = variants[i].plan(obs)  # returns numpy: the device has finished
+                    times[i].append(time.perf_counter() - t0)
+                    if pred.steps is not None:
+                        steps[i].append(float(np.mean(pred.steps)))
         for variant, ts, st in zip(variants, times, steps, strict=True):
             ms = np.asarray(ts) * 1e3
+            f = flops.get(variant.flops_like or variant.label)
+            p50 = float(np.median(ms))
             timings.append(VariantTiming(
-                variant=variant.label, policy=variant.policy, batch=B, p50_ms=float(np.median(ms)),
+                variant=variant.label, policy=variant.policy, batch=B, p50_ms=p50,
                 p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
                 steps=float(np.mean(st)) if st else 1.0, n_parameters=variant.n_parameters,
+                gflop=None if f is None else f / B / 1e9,
+                gflops=None if f is None else f / (p50 / 1e3) / 1e9,
             ))  # fmt: skip
         ebt_p50 = timings[-len(variants)].p50_ms
         for t in timings[-len(variants) :]:
             t.ratio_to_ebt = t.p50_ms / ebt_p50
     return LatencyResult(cfg, timings, skipped, machine_info(cfg.device))
+
+
+def count_flops(plan: Callable[[dict[str, np.ndarray]], Any], obs: dict[str, np.ndarray]) -> float:
+    """FLOPs of one ``plan(obs)`` call (matmuls, convolutions, attention; forward and the
+    gradient's backward), by ``torch.utils.flop_counter.FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    # Its module tracker's backward hooks make autograd.grad w.r.t. a leaf (the chunk) raise
+    # "A leaf node was passed to _will_engine_execute_node"; count everything under "Global".
+    counter.mod_tracker = _NoModuleTracker()
+    with counter:
+        plan(obs)
+    return float(counter.get_total_flops())
+
+
+class _NoModuleTracker:
+    """Stands in for FlopCounterMode's ModuleTracker: no hooks, one parent."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _NoModuleTracker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _gc_paused(paused: bool) -> Iterator[None]:
+    """With ``paused``: collect, move everything to the permanent generation, disable the GC;
+    restored afterwards."""
+    if not paused:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()

@@ -111,6 +111,11 @@ class EvalArgs:
     descent_min_grad: float | None = None
     """EBT inference: stop a sample's descent once its gradient norm is below this (with
     --descent-steps 20: the adaptive mode; default: the checkpoint's)."""
+    warm_start: bool = False
+    """EBT inference: start each chunk's descent from the row's previous chunk shifted by the
+    executed actions (noise at an episode's start)."""
+    best_of: int = 1
+    """EBT inference: descend from K initialisations per row, keep the lowest final energy."""
     sampler: Literal["ddpm", "ddim"] | None = None
     """Diffusion policies: sample chunks with DDPM or DDIM (default: the checkpoint's)."""
     sampler_steps: int | None = None
@@ -193,6 +198,10 @@ def eval_main(argv: list[str]) -> int:
         policy.set_inference(
             descent_steps=args.descent_steps, descent_min_grad=args.descent_min_grad
         )
+    if args.warm_start or args.best_of != 1:
+        if not hasattr(policy, "set_engine"):
+            raise ConfigError(f"{args.checkpoint}: --warm-start/--best-of apply to EBT policies")
+        policy.set_engine(warm_start=args.warm_start, best_of=args.best_of)
     if args.sampler is not None or args.sampler_steps is not None:
         if not hasattr(policy, "set_sampler"):
             raise ConfigError(

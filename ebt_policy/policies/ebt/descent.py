@@ -21,7 +21,6 @@ context, so the descent knows nothing about the network.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +28,15 @@ from torch import Tensor
 
 from ebt_policy.errors import ConfigError, NumericalError
 from ebt_policy.policies.ebt.objectives import OBJECTIVES, step_loss
+from ebt_policy.policies.ebt.step import (
+    EnergyFn,
+    StepFn,
+    autograd_energy_grad,
+    inference_step,
+    rms_normalize,
+    step_alpha,
+)
 from ebt_policy.policies.validation import check_types, require
-
-EnergyFn = Callable[[Tensor], Tensor]
 
 RMS_NORM_MODES = ("sample", "batch", "none")
 STEP_SCALES = ("exp_energy", "fixed")
@@ -181,12 +186,7 @@ class EnergyDescent(torch.nn.Module):
 
     def normalize(self, x: Tensor) -> Tensor:
         """Divide x (B, ...) by its RMS, per sample or over the whole batch."""
-        mode = self.config.rms_norm
-        if mode == "none":
-            return x
-        dims = tuple(range(1, x.dim())) if mode == "sample" else tuple(range(x.dim()))
-        rms = x.pow(2).mean(dim=dims, keepdim=True).add(self.config.rms_eps).sqrt()
-        return x / rms
+        return rms_normalize(x, self.config.rms_norm, self.config.rms_eps)
 
     def step(
         self,
@@ -214,14 +214,9 @@ class EnergyDescent(torch.nn.Module):
             e = energy(x_look).float()  # (B,)
             (g,) = torch.autograd.grad(e.sum(), x_look, create_graph=training)
         g = g.to(x.dtype)
-        # Bounded per-sample step size: exp(E) is clamped, so a drifting energy cannot explode it.
-        if cfg.step_scale == "fixed":
-            scale = torch.ones_like(e)
-        else:
-            scale = e.exp().clamp(cfg.exp_energy_min, cfg.exp_energy_max)
+        alpha = step_alpha(cfg, e)  # (B,)
         if not training:
-            e, scale = e.detach(), scale.detach()
-        alpha = (cfg.alpha / cfg.temperature) * scale  # (B,)
+            e, alpha = e.detach(), alpha.detach()
         if training and cfg.alpha_random_scale > 1.0:
             lo = 1.0 / cfg.alpha_random_scale
             u = torch.rand(alpha.shape, device=alpha.device, generator=generator)
@@ -301,18 +296,25 @@ class EnergyDescent(torch.nn.Module):
     @torch.no_grad()
     def infer(
         self,
-        energy: EnergyFn,
+        energy: EnergyFn | None,
         x0: Tensor,
         descent_steps: int | None = None,
         descent_min_grad: float | None = None,
+        *,
+        min_energy_change: float = 0.0,
+        step_fn: StepFn | None = None,
     ) -> DescentResult:
         """Descend from ``x0`` (B, Tp, Da) without noise or random step scale.
 
         Per sample: keep stepping while steps < descent_steps - 1, the last gradient norm
-        exceeds ``descent_min_grad`` and (when the config's ``descent_min_disp`` > 0) the last
-        step moved the chunk more than that (RMS), then take one final step (the limits default
+        exceeds ``descent_min_grad``, (when the config's ``descent_min_disp`` > 0) the last step
+        moved the chunk more than that (RMS) and (when ``min_energy_change`` > 0) the last step
+        changed the energy by more than that fraction, then take one final step (the limits default
         to the config's). A sample that has stopped is frozen while the others continue, so each
         sample's result does not depend on its batch neighbours.
+
+        ``step_fn(x, v)`` replaces the eager step (:func:`inference_step` over ``energy``), e.g.
+        with a compiled one; it must compute the same step.
         """
         cfg = self.config
         if descent_steps is None:
@@ -321,33 +323,47 @@ class EnergyDescent(torch.nn.Module):
             descent_min_grad = cfg.descent_min_grad
         if descent_steps < 1:
             raise ConfigError(f"descent_steps must be >= 1, got {descent_steps}")
+        if step_fn is None:
+            if energy is None:
+                raise ValueError("infer needs an energy or a step_fn")
+            grad_fn = autograd_energy_grad(energy)
+            step_fn = lambda x, v: inference_step(grad_fn, x, v, cfg)  # noqa: E731
+        if not min_energy_change >= 0:  # NaN fails too
+            raise ConfigError(f"min_energy_change must be >= 0, got {min_energy_change}")
+        min_disp, min_change = cfg.descent_min_disp, min_energy_change
         B = x0.shape[0]
         dev = x0.device
         x = x0
         v = torch.zeros_like(x)
         steps = torch.zeros(B, dtype=torch.long, device=dev)
-        gnorm = torch.full((B,), float("inf"), device=dev)
-        disp = torch.full((B,), float("inf"), device=dev)
+        inf = torch.full((B,), float("inf"), device=dev)
+        gnorm, disp, change, e_last = inf, inf, inf, inf
         active = torch.ones(B, dtype=torch.bool, device=dev)
         shape = (B,) + (1,) * (x.dim() - 1)
         for i in range(descent_steps - 1):
             if i > 0:  # before the first step every gradient norm is "infinite": no sync needed
                 active = active & (gnorm > descent_min_grad)
-                if cfg.descent_min_disp > 0:
-                    active = active & (disp > cfg.descent_min_disp)
+                if min_disp > 0:
+                    active = active & (disp > min_disp)
+                if min_change > 0:
+                    active = active & (change > min_change)
                 if not bool(active.any()):
                     break
-            x_new, v_new, e, g = self.step(energy, x, v, training=False)
+            x_new, v_new, e, g = step_fn(x, v)
             _check_finite(e, g, i, descent_steps)
-            if cfg.descent_min_disp > 0:  # RMS displacement of this step, per sample
+            if min_disp > 0:  # RMS displacement of this step, per sample
                 moved = (x_new - x).flatten(1).pow(2).mean(dim=1).sqrt().float()
                 disp = torch.where(active, moved, disp)
+            if min_change > 0:  # relative change of the energy since the previous step
+                rel = (e - e_last).abs() / e_last.abs().clamp_min(1e-12)
+                change = torch.where(active, rel.nan_to_num(float("inf")), change)
+                e_last = torch.where(active, e, e_last)
             m = active.view(shape)
             x = torch.where(m, x_new, x)
             v = torch.where(m, v_new, v)
             gnorm = torch.where(active, g.flatten(1).norm(dim=1).float(), gnorm)
             steps = steps + active.long()
-        x, v, e, g = self.step(energy, x, v, training=False)
+        x, v, e, g = step_fn(x, v)
         _check_finite(e, g, int(steps.max()), descent_steps)
         return DescentResult(
             chunk=x, energy=e, steps=steps + 1, grad_norm=g.flatten(1).norm(dim=1).float()

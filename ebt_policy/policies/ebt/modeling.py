@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ebt_policy.errors import EbtPolicyError
 from ebt_policy.models.mlp_energy import MLPEnergy
 from ebt_policy.models.shapes import ShapeMeta
 from ebt_policy.models.transformer import TransformerEnergy
@@ -113,6 +112,40 @@ class EBTPolicy(ChunkPolicy):
         return loss, metrics
 
     # ------------------------------------------------------------------ inference
+    @property
+    def engine(self) -> Any:
+        """The :class:`~ebt_policy.inference.InferenceEngine` that :meth:`predict_chunk` plans
+        with (built on first use with the exact-mode defaults; see :meth:`set_engine`)."""
+        engine = self.__dict__.get("_engine")
+        if engine is None:
+            from ebt_policy.inference import InferenceEngine
+
+            engine = self.__dict__["_engine"] = InferenceEngine(self)
+        return engine
+
+    def set_engine(self, options: Any = None, **fields: Any) -> Any:
+        """Plan with engine ``options`` (an :class:`~ebt_policy.inference.EngineOptions`, or its
+        fields as keywords; ConfigError naming a bad one); returns the new engine. Runtime only:
+        not saved with the policy. Per-row warm starts begin afresh."""
+        from ebt_policy.inference import EngineOptions, InferenceEngine
+
+        if options is None:
+            options = EngineOptions(**fields)
+        elif fields:
+            options = dataclasses.replace(options, **fields)
+        self.__dict__["_engine"] = InferenceEngine(self, options)
+        return self.__dict__["_engine"]
+
+    def reset(self) -> None:
+        """Forget per-row state: episode generators and warm starts."""
+        super().reset()
+        self.engine.reset()
+
+    def start_episode(self, row: int, seed: int | None) -> None:
+        """Seed ``row``'s noise (see ChunkPolicy) and drop its warm start."""
+        super().start_episode(row, seed)
+        self.engine.forget(row)
+
     def set_inference(
         self, descent_steps: int | None = None, descent_min_grad: float | None = None
     ) -> None:
@@ -131,19 +164,6 @@ class EBTPolicy(ChunkPolicy):
         )  # validates (ConfigError naming the field)
         self.config = dataclasses.replace(self.config, descent=descent)
         self.descent.config = descent
-
-    def _initial_noise(
-        self, B: int, generator: torch.Generator | None, rows: Sequence[int] | None
-    ) -> Tensor:
-        """x_0 ~ N(0, I), (B, Tp, Da): from ``generator``, else per row, else the global RNG."""
-        shape = (self.horizon, self.action_dim)
-        if generator is not None or rows is None:
-            return torch.randn((B, *shape), device=self.device, generator=generator)
-        rows = [int(r) for r in rows]
-        if len(rows) != B:
-            raise EbtPolicyError(f"rows has {len(rows)} entries but the observation batch is {B}")
-        noise = [torch.randn(shape, generator=self._row_generators.get(r)) for r in rows]
-        return torch.stack(noise).to(self.device)
 
     def _stopping_rule(
         self, descent_steps: Any, descent_min_grad: Any
@@ -176,35 +196,33 @@ class EBTPolicy(ChunkPolicy):
             generator: seeds the initial noise x_0 ~ N(0, I) (device of the policy).
             descent_steps, descent_min_grad: override the config's inference stopping rule.
             init_chunk: start from this normalised chunk (B, Tp, Da) instead of noise.
+
+        The :attr:`engine` plans (its options: warm start, best-of-K, compile, bf16, CUDA
+        graphs); ``uncertainty`` is None unless the options keep the calibrated distribution.
         """
         t0 = time.perf_counter()
         descent_steps, descent_min_grad = self._stopping_rule(descent_steps, descent_min_grad)
         obs = self.obs_tensors(obs_window)
-        B = next(iter(obs.values())).shape[0]
-        with torch.no_grad():
-            context = self.encode(self._normalize_obs(obs), augment=False)
-            if init_chunk is None:
-                x0 = self._initial_noise(B, generator, rows)
-            else:
-                x0 = torch.as_tensor(init_chunk, dtype=torch.float32, device=context.device)
-                if x0.shape != (B, self.horizon, self.action_dim):
-                    raise EbtPolicyError(
-                        f"init_chunk has shape {tuple(x0.shape)}; expected "
-                        f"({B}, {self.horizon}, {self.action_dim})"
-                    )
-        fused = self.config.fused_attention_inference
-        result = self.descent.infer(
-            self.energy_fn(context, fused=fused),
-            x0,
+        engine = self.engine
+        result = engine.plan(
+            obs,
+            rows=rows,
+            generator=generator,
+            init_chunk=init_chunk,
             descent_steps=descent_steps,
             descent_min_grad=descent_min_grad,
         )
         energy, grad_norm = result.energy.float().cpu().numpy(), result.grad_norm.cpu().numpy()
+        uncertainty = None
+        if engine.options.calibrated:  # warm starts and best-of-K shift what was calibrated
+            uncertainty = chunk_uncertainty(
+                self, energy, grad_norm, descent_steps, descent_min_grad
+            )
         return self.chunk_prediction(
             result.chunk,
             result.steps.cpu().numpy(),
             t0,
             energy=energy,
             grad_norm=grad_norm,
-            uncertainty=chunk_uncertainty(self, energy, grad_norm, descent_steps, descent_min_grad),
+            uncertainty=uncertainty,
         )
