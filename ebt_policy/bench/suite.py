@@ -149,7 +149,12 @@ class Display:
         self.left, self.finished = self.left - 1, self.finished + 1
         eta = (now - self.cells_start) / self.finished * self.left
         self.progress.update(self.task_id, advance=1, eta=f"~{eta / 60:.1f} min")
-        self.progress.console.print(f"done {spec.name} ({now - self.cell_start:.0f} s)")
+        # also a plain line: a log file (no terminal) gets the progress bar only at the end
+        total = int(self.progress.tasks[0].total or 0)
+        self.progress.console.print(
+            f"done {total - self.left}/{total} {spec.name} ({now - self.cell_start:.0f} s), "
+            f"about {eta / 60:.1f} min left"
+        )
 
 
 def run_local(pending: list[CellSpec], display: Display) -> None:

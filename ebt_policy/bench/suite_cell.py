@@ -17,7 +17,9 @@ optimisation (``RESUMABLE_CHANGES``), so the trained weights equal a plain ``ebt
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +49,8 @@ def _train_config(spec: CellSpec, out: Path, steps: int, **fields: Any) -> Any:
     # the preset's recipe (lr, batch, warm-up) as `ebt-policy train --policy P --preset Q`
     return TrainConfig(
         dataset=spec.demos_path, out=str(out), policy=spec.policy, preset=spec.preset,
-        steps=steps, seed=spec.seed, device=spec.device, progress=False, tensorboard=False,
+        steps=steps, batch_size=spec.batch_size, seed=spec.seed, device=spec.device,
+        progress=False, tensorboard=False,
         **fields,
     )  # fmt: skip
 
@@ -180,6 +183,7 @@ def run_cell(spec: CellSpec, report: Report | None = None) -> dict[str, Any]:
         },
         "variants": variants,
         "cell_wall_s": time.perf_counter() - t0,  # this attempt's; a reused cell keeps its own
+        "worker": {"host": socket.gethostname(), "pid": os.getpid()},  # where it ran (Ray)
     }
     write_json_atomic(Path(spec.cell_dir) / RESULT_NAME, result)
     return result

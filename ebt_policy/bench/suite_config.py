@@ -48,6 +48,9 @@ class SuiteArgs:
     """Scripted-expert demonstrations per task (collected once, shared by every cell)."""
     preset: str = "tiny"
     """Preset of every policy, or per policy: ``mlp,diffusion-unet=tiny``."""
+    batch_size: int | None = None
+    """Training batch size of every policy (default: each preset's recipe; presets of different
+    names have different batch sizes, so a mixed --preset trains on different sample counts)."""
     images: bool = False
     """Collect and train with the task's cameras."""
     out: Path = Path("runs/bench-suite")
@@ -91,6 +94,8 @@ class SuiteArgs:
             raise ConfigError(
                 f"--episodes: expected at most {EVAL_SEED_STRIDE}, got {self.episodes}"
             )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size: expected >= 1, got {self.batch_size}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ConfigError(f"--eval-every: expected >= 1, got {self.eval_every}")
         if self.ray_cpus_per_cell is not None and not self.ray_cpus_per_cell > 0:
@@ -147,6 +152,7 @@ class CellSpec:
     cell_dir: str
     budget_steps: int | None
     budget_minutes: float | None
+    batch_size: int | None
     eval_every: int | None
     episodes: int
     eval_seed: int
@@ -219,6 +225,7 @@ def plan_suite(args: SuiteArgs) -> SuitePlan:
         "budget_minutes": args.budget_minutes,
         "episodes": args.episodes,
         "demos": args.demos,
+        "batch_size": args.batch_size,
         "images": args.images,
         "eval_every": args.eval_every,
         "samplers": samplers,

@@ -58,6 +58,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "latency_p99_ms": _mean([p["latency_p99_ms"] for p in picked]),
                 "train_wall_s": _mean([c["train"]["wall_s"] for c in cells]),
                 "train_steps": _mean([c["train"]["steps"] for c in cells]),
+                "batch_size": cells[0]["train"]["batch_size"],
                 "samples_per_s": _mean([c["train"]["samples_per_s"] for c in cells]),
                 "episodes": picked[0]["n_episodes"],
             })  # fmt: skip
@@ -100,7 +101,8 @@ def row_cells(row: dict[str, Any]) -> list[str]:
     steps = sorted(set(row["steps"]))
     at = "/".join(str(s) for s in steps)
     return [
-        row["task"], row["policy"], row["preset"], f"{row['checkpoint']} @{at}",
+        row["task"], row["policy"], f"{row['preset']} / {row['batch_size']}",
+        f"{row['checkpoint']} @{at}",
         f"{success} (n={n})", _fmt(row["coverage_mean"], ".3f"),
         _fmt(row["inference_steps"], ".1f"),
         f"{_fmt(row['latency_p50_ms'], '.1f')} / {_fmt(row['latency_p99_ms'], '.1f')}",
@@ -108,7 +110,7 @@ def row_cells(row: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-HEADERS = ["task", "policy", "preset", "checkpoint @step", "success (seeds)", "PushT coverage",
+HEADERS = ["task", "policy", "preset / batch", "checkpoint @step", "success (seeds)", "PushT coverage",
            "inference steps", "chunk ms p50 / p99", "train s", "samples/s"]  # fmt: skip
 
 
