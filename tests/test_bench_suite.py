@@ -119,7 +119,8 @@ def test_interrupted_cell_resumes_its_training_exactly(
         (["--policies", "ebt,nope"], "--policies: unknown ['nope']"),
         (["--budget-minutes", "1"], "expected exactly one of them, got both"),
         (["--preset", "nope"], "--preset: unknown preset 'nope'"),
-        (["--samplers", "euler"], "--samplers: unknown ['euler']"),
+        (["--policies", "diffusion", "--samplers", "euler"], "--samplers: unknown ['euler']"),
+        (["--samplers", "ebt=ddim"], "--samplers: only ['diffusion', 'diffusion-unet'] take"),
         (["--episodes", "4"], "holds a suite with other settings (episodes: 2 -> 4)"),
     ],
 )
@@ -152,7 +153,7 @@ def test_a_refused_command_creates_no_out(tmp_path: Path) -> None:
 IDENTITY = json.dumps({
     "budget_steps": 20, "budget_minutes": None, "episodes": 2, "demos": 6, "batch_size": None,
     "images": False,
-    "eval_every": 10, "samplers": ["ddpm"], "presets": {"ebt": "tiny"}, "collect_seed": 0,
+    "eval_every": 10, "samplers": {}, "presets": {"ebt": "tiny"}, "collect_seed": 0,
 })  # fmt: skip
 
 
@@ -182,3 +183,22 @@ def test_tiny_suite_on_a_local_ray_instance(tmp_path: Path) -> None:
         assert {r["policy"] for r in report["rows"]} == {"ebt", "mse"}
     finally:
         ray.shutdown()
+
+
+def test_samplers_and_presets_per_policy(tmp_path: Path) -> None:
+    from ebt_policy.bench.suite_config import plan_suite
+
+    args = tiny_args(
+        tmp_path / "s", policies="ebt,diffusion,diffusion-unet", preset="mlp,diffusion-unet=tiny",
+        samplers="ddpm,ddim,diffusion-unet=ddim",
+    )  # fmt: skip
+    plan = plan_suite(args)
+    assert {c.policy: c.variants for c in plan.cells} == {
+        "ebt": ("ebt",),
+        "diffusion": ("diffusion:ddpm", "diffusion:ddim"),
+        "diffusion-unet": ("diffusion-unet:ddim",),
+    }
+    assert {c.policy: c.preset for c in plan.cells} == {
+        "ebt": "mlp", "diffusion": "mlp", "diffusion-unet": "tiny",
+    }  # fmt: skip
+    assert not (tmp_path / "s").exists()

@@ -62,7 +62,8 @@ class SuiteArgs:
     budget."""
     samplers: str = "ddpm"
     """Samplers the diffusion policies are evaluated with, comma-separated (ddpm: 100 steps,
-    ddim: 10), each a row of its own; the same trained checkpoints serve both."""
+    ddim: 10), each a row of its own from the same trained checkpoints; per policy as
+    ``ddpm,diffusion-unet=ddim``."""
     workers: int = 2
     """Env processes for collection and evaluation."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -112,23 +113,42 @@ def split_names(text: str, flag: str) -> list[str]:
     return names
 
 
-def parse_presets(text: str, policies: list[str]) -> dict[str, str]:
-    """``"mlp,diffusion-unet=tiny"`` -> {policy: preset} for every policy in ``policies``."""
-    default, per_policy = None, {}
-    for part in split_names(text, "--preset"):
-        name, sep, preset = part.partition("=")
+def per_policy(text: str, policies: list[str], flag: str) -> tuple[list[str], dict[str, list]]:
+    """``"a,b,diffusion-unet=c"`` -> (["a", "b"], {"diffusion-unet": ["c"]}): the plain entries
+    and each named policy's own (ConfigError for a policy not in ``policies``)."""
+    default: list[str] = []
+    own: dict[str, list[str]] = {}
+    for part in split_names(text, flag):
+        name, sep, value = part.partition("=")
         if not sep:
-            if default is not None:
-                raise ConfigError(f"--preset: two default presets in {text!r}")
-            default = part
+            default.append(part)
         elif name not in policies:
-            raise ConfigError(f"--preset: {name!r} is not one of --policies {policies}")
+            raise ConfigError(f"{flag}: {name!r} is not one of --policies {policies}")
         else:
-            per_policy[name] = preset
-    missing = [p for p in policies if p not in per_policy and default is None]
-    if missing:
-        raise ConfigError(f"--preset: no preset for {missing} in {text!r}")
-    return {p: per_policy.get(p, default or "") for p in policies}
+            own.setdefault(name, []).append(value)
+    return default, own
+
+
+def parse_presets(text: str, policies: list[str]) -> dict[str, str]:
+    """``"mlp,diffusion-unet=tiny"`` -> {policy: preset}: exactly one preset per policy."""
+    default, own = per_policy(text, policies, "--preset")
+    presets = {p: own.get(p, default) for p in policies}
+    wrong = [p for p, names in presets.items() if len(names) != 1]
+    if wrong:
+        raise ConfigError(f"--preset: expected one preset for each of {wrong}, got {text!r}")
+    return {p: names[0] for p, names in presets.items()}
+
+
+def parse_samplers(text: str, policies: list[str]) -> dict[str, list[str]]:
+    """``"ddpm,diffusion-unet=ddim"`` -> the samplers of each diffusion policy in ``policies``."""
+    default, own = per_policy(text, policies, "--samplers")
+    if set(own) - set(DIFFUSION_POLICIES):
+        raise ConfigError(f"--samplers: only {list(DIFFUSION_POLICIES)} take samplers: {text!r}")
+    samplers = {p: own.get(p, default) for p in policies if p in DIFFUSION_POLICIES}
+    bad = sorted({s for names in samplers.values() for s in names if s not in SAMPLERS})
+    if bad or not all(samplers.values()):
+        raise ConfigError(f"--samplers: unknown {bad or text!r}; known: {list(SAMPLERS)}")
+    return samplers
 
 
 def checkpoint_steps(total: int, eval_every: int | None) -> tuple[int, list[int]]:
@@ -183,10 +203,10 @@ class SuitePlan:
     cells: list[CellSpec]
 
 
-def variants_of(policy: str, samplers: list[str]) -> tuple[str, ...]:
+def variants_of(policy: str, samplers: dict[str, list[str]]) -> tuple[str, ...]:
     """The evaluated variants of a policy: one per sampler for diffusion policies."""
-    if policy in DIFFUSION_POLICIES:
-        return tuple(f"{policy}:{s}" for s in samplers)
+    if policy in samplers:
+        return tuple(f"{policy}:{s}" for s in samplers[policy])
     return (policy,)
 
 
@@ -210,10 +230,7 @@ def plan_suite(args: SuiteArgs) -> SuitePlan:
             get_preset(policy, preset)
         except ConfigError as exc:
             raise ConfigError(f"--preset: {exc}") from None
-    samplers = split_names(args.samplers, "--samplers")
-    bad = [s for s in samplers if s not in SAMPLERS]
-    if bad:
-        raise ConfigError(f"--samplers: unknown {bad}; known: {list(SAMPLERS)}")
+    samplers = parse_samplers(args.samplers, policies)
     device = str(resolve_device(args.device))
     out = Path(args.out)
     check_output_path(out, "dir", "--out")
@@ -228,7 +245,7 @@ def plan_suite(args: SuiteArgs) -> SuitePlan:
         "batch_size": args.batch_size,
         "images": args.images,
         "eval_every": args.eval_every,
-        "samplers": samplers,
+        "samplers": samplers,  # compared per policy, as presets
         "presets": presets,  # compared per policy (check_same_suite)
         "collect_seed": COLLECT_SEED,
     }
@@ -243,12 +260,13 @@ def plan_suite(args: SuiteArgs) -> SuitePlan:
             cell_dir=str(out / "cells" / task / policy / f"seed{seed}"),
             budget_steps=args.budget_steps,
             budget_minutes=args.budget_minutes,
+            batch_size=args.batch_size,
             eval_every=args.eval_every,
             episodes=args.episodes,
             eval_seed=EVAL_SEED_BASE + EVAL_SEED_STRIDE * seed,
             workers=args.workers,
             device=device,
-        )  # fmt: skip
+        )
         for task in tasks
         for policy in policies
         for seed in range(args.seeds)
@@ -256,20 +274,26 @@ def plan_suite(args: SuiteArgs) -> SuitePlan:
     return SuitePlan(out=out, json_path=json_path, identity=identity, tasks=tasks, cells=cells)
 
 
-def check_same_suite(saved: dict[str, Any], plan: SuitePlan) -> None:
-    """ConfigError when ``OUT/suite.json`` (``saved``) was written for another identity.
+# identity entries that map policy -> value: a policy new to the suite brings its own, a policy
+# already in it must keep its value
+PER_POLICY = ("presets", "samplers")
 
-    Presets are compared per policy: a new policy may join with its own preset, a policy already
-    in the suite must keep its preset.
-    """
+
+def check_same_suite(saved: dict[str, Any], plan: SuitePlan) -> None:
+    """ConfigError when ``OUT/suite.json`` (``saved``) was written for another identity."""
     old, new = dict(saved.get("identity", {})), dict(plan.identity)
-    old_presets, new_presets = old.pop("presets", {}), new.pop("presets", {})
-    differing = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
-    differing += [
-        f"preset of {p}: {old_presets[p]!r} -> {new_presets[p]!r}"
-        for p in new_presets
-        if p in old_presets and old_presets[p] != new_presets[p]
+    differing = [
+        f"{k}: {old.get(k)!r} -> {new[k]!r}"
+        for k in new
+        if k not in PER_POLICY and old.get(k) != new[k]
     ]
+    for key in PER_POLICY:
+        before, now = old.get(key, {}), new[key]
+        differing += [
+            f"{key} of {p}: {before[p]!r} -> {now[p]!r}"
+            for p in now
+            if p in before and before[p] != now[p]
+        ]
     if differing:
         raise ConfigError(
             f"--out {plan.out}: holds a suite with other settings ({'; '.join(differing)}); "
@@ -278,9 +302,10 @@ def check_same_suite(saved: dict[str, Any], plan: SuitePlan) -> None:
 
 
 def merged_identity(saved: dict[str, Any] | None, plan: SuitePlan) -> dict[str, Any]:
-    """The identity to save: this plan's, with the presets of policies only earlier runs had."""
+    """The identity to save: this plan's, plus the per-policy values of policies only earlier
+    commands asked for."""
     identity = dict(plan.identity)
     if saved is not None:
-        old = saved.get("identity", {}).get("presets", {})
-        identity["presets"] = {**old, **plan.identity["presets"]}
+        for key in PER_POLICY:
+            identity[key] = {**saved.get("identity", {}).get(key, {}), **plan.identity[key]}
     return identity

@@ -110,8 +110,9 @@ def row_cells(row: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-HEADERS = ["task", "policy", "preset / batch", "checkpoint @step", "success (seeds)", "PushT coverage",
-           "inference steps", "chunk ms p50 / p99", "train s", "samples/s"]  # fmt: skip
+HEADERS = ["task", "policy", "preset / batch", "checkpoint @step", "success (seeds)",
+           "PushT coverage", "inference steps", "chunk ms p50 / p99", "train s",
+           "samples/s"]  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:
