@@ -71,16 +71,19 @@ def test_tiny_suite_writes_json_and_markdown_with_every_cell(tmp_path: Path) -> 
 
 def test_rerun_skips_finished_cells_and_adds_new_ones(tmp_path: Path) -> None:
     out = tmp_path / "suite"
-    run_suite(tiny_args(out, policies="ebt"))
-    ebt_cell = out / "cells" / "twogoal" / "ebt" / "seed0"
-    before = tree(ebt_cell)
-    run_suite(tiny_args(out, policies="ebt,mse"))  # the same suite, one policy more
-    assert tree(ebt_cell) == before  # nothing of the finished cell was rewritten
-    assert (out / "cells" / "twogoal" / "mse" / "seed0" / "result.json").exists()
+    run_suite(tiny_args(out, policies="mse"))
+    mse_cell = out / "cells" / "twogoal" / "mse" / "seed0"
+    before = tree(mse_cell)
+    run_suite(tiny_args(out, policies="mse,ebt"))  # the same suite, one policy more
+    assert tree(mse_cell) == before  # nothing of the finished cell was rewritten
+    assert (out / "cells" / "twogoal" / "ebt" / "seed0" / "result.json").exists()
     report = json.loads((out / "results.json").read_text())
     assert {r["policy"] for r in report["rows"]} == {"ebt", "mse"}
-    run_suite(tiny_args(out, policies="ebt", recompute=True))
-    assert tree(ebt_cell)["result.json"] != before["result.json"]
+    ebt_before = tree(out / "cells" / "twogoal" / "ebt")
+    run_suite(tiny_args(out, policies="mse", recompute=True))
+    after = tree(mse_cell)
+    assert set(after) == set(before) and all(after[f] != before[f] for f in before)
+    assert tree(out / "cells" / "twogoal" / "ebt") == ebt_before
 
 
 def test_interrupted_cell_resumes_its_training_exactly(
@@ -202,3 +205,16 @@ def test_samplers_and_presets_per_policy(tmp_path: Path) -> None:
         "ebt": "mlp", "diffusion": "mlp", "diffusion-unet": "tiny",
     }  # fmt: skip
     assert not (tmp_path / "s").exists()
+
+
+def test_minutes_budget_plans_steps_with_a_probe_and_keeps_the_plan(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    args = tiny_args(out, policies="mse", budget_steps=None, budget_minutes=0.05, eval_every=None)
+    run_suite(args)
+    cell = out / "cells" / "twogoal" / "mse" / "seed0"
+    plan = json.loads((cell / "plan.json").read_text())
+    result = json.loads((cell / "result.json").read_text())
+    assert result["train"]["planned_steps"] == plan["steps"] >= 1
+    assert 1 <= result["train"]["steps"] <= plan["steps"]
+    assert result["train"]["wall_s"] < 0.05 * 60 + 5  # the budget, give or take the last step
+    assert not (cell / "probe").exists()
