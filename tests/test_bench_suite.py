@@ -218,3 +218,15 @@ def test_minutes_budget_plans_steps_with_a_probe_and_keeps_the_plan(tmp_path: Pa
     assert 1 <= result["train"]["steps"] <= plan["steps"]
     assert result["train"]["wall_s"] < 0.05 * 60 + 5  # the budget, give or take the last step
     assert not (cell / "probe").exists()
+
+
+def test_time_left_sums_each_pending_cell_at_its_policys_pace(tmp_path: Path) -> None:
+    from ebt_policy.bench.suite_config import plan_suite
+    from ebt_policy.bench.suite_progress import Display
+
+    cells = plan_suite(tiny_args(tmp_path / "s", policies="ebt,mse,diffusion", seeds=2)).cells
+    pending = [c for c in cells if c.seed == 1]  # seed 0 finished earlier: ebt 100 s, mse 10 s
+    display = Display(pending, len(cells), [("ebt", 100.0), ("mse", 10.0)])
+    # ebt 100 + mse 10 + diffusion at the mean of every finished cell (55)
+    assert display.estimate_s() == pytest.approx(165.0)
+    assert Display(pending, len(cells), []).estimate_s() is None  # nothing measured yet: "?"

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from ebt_policy.bench.suite_config import (
     merged_identity,
     plan_suite,
 )
+from ebt_policy.bench.suite_progress import Display
 from ebt_policy.errors import ConfigError, DatasetError
 
 SUITE_FILE = "suite.json"
@@ -99,64 +98,6 @@ def collect_demos(task: str, path: Path, args: SuiteArgs) -> None:
         )
 
 
-class Display:
-    """The rich progress line on stderr: done/total cells, the running cell and stage, and the
-    time left (the time per cell so far in this command, times the cells left)."""
-
-    def __init__(self, total: int, done: int) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("suite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("left {task.fields[eta]}"), TextColumn("{task.description}"),
-            console=Console(stderr=True),
-        )  # fmt: skip
-        self.task_id = self.progress.add_task("", total=total, completed=done, eta="?")
-        self.left, self.finished = total - done, 0
-        self.cells_start: float | None = None  # when the first cell started (after collection)
-        self.cell_start = time.monotonic()
-
-    def __enter__(self) -> Display:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-    def stage(self, text: str) -> None:
-        self.progress.update(self.task_id, description=text)
-
-    def start(self, spec: CellSpec | None = None) -> Callable[[str], None]:
-        """Mark ``spec`` as running (None: cells started elsewhere); returns a stage callback."""
-        self.cell_start = time.monotonic()
-        if self.cells_start is None:
-            self.cells_start = self.cell_start
-        name = spec.name if spec is not None else "cells"
-        self.stage(name)
-        return lambda text: self.stage(f"{name}: {text}")
-
-    def done(self, spec: CellSpec) -> None:
-        """One cell finished: advance and re-estimate the time left."""
-        now = time.monotonic()
-        assert self.cells_start is not None
-        self.left, self.finished = self.left - 1, self.finished + 1
-        eta = (now - self.cells_start) / self.finished * self.left
-        self.progress.update(self.task_id, advance=1, eta=f"~{eta / 60:.1f} min")
-        # also a plain line: a log file (no terminal) gets the progress bar only at the end
-        total = int(self.progress.tasks[0].total or 0)
-        self.progress.console.print(
-            f"done {total - self.left}/{total} {spec.name} ({now - self.cell_start:.0f} s), "
-            f"about {eta / 60:.1f} min left"
-        )
-
-
 def run_local(pending: list[CellSpec], display: Display) -> None:
     """One cell after the other, in this process."""
     for spec in pending:
@@ -195,8 +136,11 @@ def run_suite(args: SuiteArgs, argv: list[str] | None = None) -> dict[str, Any]:
     suite_record = {"identity": merged_identity(saved, plan)}
     write_json_atomic(plan.out / SUITE_FILE, suite_record)
 
-    pending = [s for s in plan.cells if args.recompute or read_result(s) is None]
-    with Display(len(plan.cells), len(plan.cells) - len(pending)) as display:
+    finished = {s: read_result(s) for s in plan.cells}
+    pending = [s for s, r in finished.items() if args.recompute or r is None]
+    # the time cells took before (a resumed suite): what the first estimate of the rest uses
+    earlier = [(s.policy, r["cell_wall_s"]) for s, r in finished.items() if r is not None]
+    with Display(pending, len(plan.cells), earlier, parallel=args.executor == "ray") as display:
         for task in plan.tasks:
             if any(s.task == task for s in pending):
                 display.stage(f"collect {args.demos} {task} demos")
