@@ -113,6 +113,13 @@ def test_interrupted_cell_resumes_its_training_exactly(
     run_suite(tiny_args(straight, policies="mse"))
     rel = Path("cells/twogoal/mse/seed0/run/checkpoints/step_00000020/model.safetensors")
     assert (out / rel).read_bytes() == (straight / rel).read_bytes()
+    # and as `ebt-policy train` with its defaults: the suite's extra checkpoints change nothing
+    plain = training.train(
+        training.TrainConfig(dataset=str(out / "demos" / "twogoal.zarr"), out=str(tmp_path / "p"),
+                             policy="mse", preset="tiny", steps=20, device="cpu", progress=False)
+    )  # fmt: skip
+    weights = plain / "checkpoints" / "step_00000020" / "model.safetensors"
+    assert weights.read_bytes() == (out / rel).read_bytes()
 
 
 @pytest.mark.parametrize(
