@@ -56,6 +56,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "ebt_policy.bench.cli:latency_main",
         "Per-chunk latency of EBT, Diffusion Policy (DDPM / DDIM) and MSE at one preset.",
     ),
+    ("bench", "suite"): (
+        "ebt_policy.bench.cli:suite_main",
+        "Train and evaluate every policy on every task with the same demos and budget (resumable).",
+    ),
 }
 
 

@@ -1,9 +1,12 @@
-"""`ebt-policy bench latency`: per-chunk planning latency of EBT against the baselines.
+"""`ebt-policy bench latency` (per-chunk planning latency of EBT against the baselines) and
+`ebt-policy bench suite` (every policy trained and evaluated on the same data and budget).
 
 Usage::
 
     ebt-policy bench latency [--preset tiny] [--device cpu|cuda] [--batch 1,32] [--calls 200]
         [--warmup 10] [--threads N] [--json FILE] [--engine [--compile]] [--gc-off]
+    ebt-policy bench suite --tasks lift,twogoal --policies ebt,mse --budget-steps N
+        [--seeds 3] [--episodes 50] [--demos 100] [--preset P] [--out DIR] [--json FILE] ...
 """
 
 from __future__ import annotations
@@ -130,4 +133,22 @@ def latency_main(argv: list[str]) -> int:
     if args.json is not None:
         write_json_atomic(args.json, result.to_dict())
         out.print(f"wrote {args.json}")
+    return 0
+
+
+def suite_main(argv: list[str]) -> int:
+    """Entry point of `ebt-policy bench suite`."""
+    from rich.console import Console
+
+    from ebt_policy.bench.suite import run_suite
+    from ebt_policy.bench.suite_config import SuiteArgs
+    from ebt_policy.bench.suite_report import rich_table
+    from ebt_policy.cli import parse_flags
+
+    args = parse_flags(SuiteArgs, argv, "ebt-policy bench suite")
+    report = run_suite(args, argv)
+    out = Console()
+    out.print(rich_table(report))
+    json_path = args.json if args.json is not None else args.out / "results.json"
+    out.print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
     return 0
