@@ -114,3 +114,25 @@ def test_export_cli_refuses_an_existing_directory(tmp_path: Path, capsys) -> Non
     assert cli_main(["export", str(CHECKPOINT), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_the_mlp_preset_exports_and_plans_what_eager_plans(tmp_path: Path) -> None:
+    """The quickstart's preset (an MLP energy with SiLU, the energy-score recipe): its step's
+    SiLU backward has no ONNX translation and must be decomposed before export."""
+    from ebt_policy.policies import make_policy, make_policy_config
+
+    shape_meta = {"obs": {"state": {"shape": [3], "type": "low_dim"}}, "action": {"shape": [2]}}
+    stats = {
+        k: {"min": [-1.0] * n, "max": [1.0] * n, "mean": [0.0] * n, "std": [1.0] * n}
+        | {"q01": [-1.0] * n, "q99": [1.0] * n}
+        for k, n in (("state", 3), ("action", 2))
+    }
+    torch.manual_seed(0)
+    policy = make_policy(make_policy_config("ebt", "mlp"), shape_meta, stats).eval()
+    planner = OnnxPlanner(export_policy(policy, tmp_path / "onnx", "onnx", batch=2))
+    rng = np.random.default_rng(0)
+    obs = {"state": rng.uniform(-1, 1, (2, policy.n_obs_steps, 3)).astype(np.float32)}
+    x0 = rng.standard_normal(planner.shape).astype(np.float32)
+    got = planner.plan(obs, x0=x0)
+    want = policy.predict_chunk(obs, init_chunk=torch.from_numpy(x0))
+    np.testing.assert_allclose(got.chunk, np.asarray(want.chunk), atol=ATOL, rtol=0)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._decomp
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -76,7 +77,22 @@ def step_graph(policy: Any, context: Tensor, x: Tensor) -> torch.fx.GraphModule:
         x_next, v_next, e, g = inference_step(grad_fn, x, v, cfg)
         return x_next, v_next, e, g.flatten(1).norm(dim=1).float()
 
-    return make_fx(step, tracing_mode="real")(context, x, torch.zeros_like(x))
+    return make_fx(step, tracing_mode="real", decomposition_table=_BACKWARD_DECOMPOSITIONS)(
+        context, x, torch.zeros_like(x)
+    )
+
+
+# Activation backward ops the ONNX exporter has no translation for (the `mlp` preset's SiLU:
+# aten.silu_backward), written out as the forward ops they are made of.
+_BACKWARD_DECOMPOSITIONS = torch._decomp.get_decompositions(
+    [
+        torch.ops.aten.silu_backward,
+        torch.ops.aten.mish_backward,
+        torch.ops.aten.elu_backward,
+        torch.ops.aten.softplus_backward,
+        torch.ops.aten.hardswish_backward,
+    ]
+)
 
 
 def exported_programs(policy: Any, batch: int = 1) -> dict[str, torch.export.ExportedProgram]:
