@@ -10,7 +10,6 @@ the refactor, and every later speed-up of inference (a faster path must match or
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +28,7 @@ CHECKPOINT_V1 = DATA / "ebt_v1_tiny"
 GOLDEN = DATA / "golden_v1_tiny.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The chunks were recorded with one thread; keep the reduction order the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ independent rows, the stopping rules, and the CUDA-graph path (only where CUDA e
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,12 +25,7 @@ COMPILED_ATOL = 1e-4
 BF16_ATOL = 5e-2
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_policy(**overrides):
