@@ -18,9 +18,12 @@ score is a monotone map of one statistic, so its AUROC equals that statistic's e
 ties its clamping at 0 and 1 makes.
 
 (a) failed vs successful episodes (twogoal, closed loop): every chunk of ``--episodes`` seeded
-episodes, labelled by its episode's outcome (chunk level), and each episode's mean score
-(episode level). Lift runs succeed 50/50 here, so (a) runs on twogoal at 1 descent step, where
-failures exist.
+episodes, labelled by its episode's outcome (chunk level), each episode's mean score (episode
+level), and each episode's mean score over its first ``EARLY_CHUNKS`` chunks (a failed episode
+runs to the step cap, so its later chunks come from states after the failure that a successful
+episode never reaches; the early rows show whether the score warns before the outcome).
+Any task's run works here (`can` fails often at small budgets); Lift runs succeed 50/50, so the
+README runs (a) on twogoal at 1 descent step and on can, where failures exist.
 
 AUROC is computed rank-based (Mann-Whitney U, ties counted half): P(score of a positive >
 score of a negative), positive = perturbed / failed. 0.5 is chance. Prints one table measured on
@@ -165,6 +168,7 @@ def twogoal_rows(spec: str, episodes: int) -> list[list[str]]:
     result = evaluate(policy, EvalConfig(metadata=checkpoint_metadata(run), episodes=episodes))
     chunk = {True: ([], []), False: ([], [])}
     per_episode = {True: [], False: []}
+    early = {True: [], False: []}  # the first EARLY_CHUNKS chunks only
     for rec in result.episodes:
         e = np.array([c.energy for c in rec.chunks], np.float64)
         g = np.array([c.grad_norm for c in rec.chunks], np.float64)
@@ -172,6 +176,13 @@ def twogoal_rows(spec: str, episodes: int) -> list[list[str]]:
         chunk[rec.success][1].append(g)
         per_episode[rec.success].append(
             {k: float(np.mean(v)) for k, v in scores(calibration, e, g).items()}
+        )
+        # a failed episode runs to the step cap, so its later chunks come from states a
+        # successful one never reaches (after the failure): the early chunks show whether the
+        # score warns before the outcome is decided
+        ee, ge = e[:EARLY_CHUNKS], g[:EARLY_CHUNKS]
+        early[rec.success].append(
+            {k: float(np.mean(v)) for k, v in scores(calibration, ee, ge).items()}
         )
     n_ok, n_fail = len(per_episode[True]), len(per_episode[False])
     label = f"{name} ({calibration.score}, {steps} step)"
@@ -182,6 +193,8 @@ def twogoal_rows(spec: str, episodes: int) -> list[list[str]]:
     stats = ("score", "energy", "grad_norm")
     ep_ok = {s: np.array([d[s] for d in per_episode[True]]) for s in stats}
     ep_fail = {s: np.array([d[s] for d in per_episode[False]]) for s in stats}
+    early_ok = {s: np.array([d[s] for d in early[True]]) for s in stats}
+    early_fail = {s: np.array([d[s] for d in early[False]]) for s in stats}
     return [
         [label, f"chunks ({n_ok}/{episodes} succeed)", f"{ok['score'].size + fail['score'].size}"]
         + [f"{auroc(ok[s], fail[s]):.3f}" for s in stats]
@@ -189,10 +202,14 @@ def twogoal_rows(spec: str, episodes: int) -> list[list[str]]:
         [label, "episodes (mean score)", f"{episodes}"]
         + [f"{auroc(ep_ok[s], ep_fail[s]):.3f}" for s in stats]
         + [f"{np.median(ep_ok['score']):.2f} / {np.median(ep_fail['score']):.2f}"],
+        [label, f"episodes (first {EARLY_CHUNKS} chunks)", f"{episodes}"]
+        + [f"{auroc(early_ok[s], early_fail[s]):.3f}" for s in stats]
+        + [f"{np.median(early_ok['score']):.2f} / {np.median(early_fail['score']):.2f}"],
     ]
 
 
 TARGET_AUROC = 0.8  # what the score should reach for both (a) and (b)
+EARLY_CHUNKS = 10  # (a): the first chunks of an episode, before most outcomes are decided
 
 
 def main() -> None:
@@ -214,7 +231,11 @@ def main() -> None:
     columns += ["AUROC grad_norm", f"target AUROC >= {TARGET_AUROC}"]
     tables = [
         ("(b) Lift: held-out demo windows vs perturbed", args.lift, "ID / perturbed"),
-        ("(a) twogoal: successful vs failed episodes", args.twogoal, "success / fail"),
+        (
+            "(a) successful vs failed episodes (--twogoal runs, any task)",
+            args.twogoal,
+            "success / fail",
+        ),
     ]
     for title, specs, median_label in tables:
         table = Table(title=title)
