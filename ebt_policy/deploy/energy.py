@@ -67,7 +67,7 @@ def energy_at_quantile(policy: Any, quantile: float, flag: str) -> float:
     policy's calibration. ConfigError naming ``flag`` when the policy has no calibration, it
     was measured with another stopping rule than the policy plans with, or the quantile is out
     of range."""
-    from ebt_policy.policies.calibration import LEVELS, chunk_uncertainty
+    from ebt_policy.policies.calibration import LEVELS, matches_stopping_rule
 
     if not (np.isfinite(quantile) and 0 < quantile <= 1):
         raise ConfigError(f"{flag}: expected a quantile in (0, 1], got {quantile}")
@@ -77,8 +77,7 @@ def energy_at_quantile(policy: Any, quantile: float, flag: str) -> float:
             f"{flag}: the checkpoint has no calibration.json (run `ebt-policy calibrate` on it, "
             "or give the threshold in energy units)"
         )
-    probe = np.zeros(1, np.float32)
-    if chunk_uncertainty(policy, probe, probe) is None:
+    if not matches_stopping_rule(policy):
         raise ConfigError(
             f"{flag}: calibration.json was measured with {calibration.descent_steps} descent "
             f"steps / min grad {calibration.descent_min_grad:g}, not the policy's stopping rule "

@@ -236,14 +236,22 @@ def chunk_uncertainty(
     """``policy.calibration``'s per-chunk uncertainty, or None when the policy has no
     calibration or plans with another stopping rule than it was calibrated with (overrides
     ``descent_steps`` / ``descent_min_grad``, None: the config's)."""
+    if not matches_stopping_rule(policy, descent_steps, descent_min_grad):
+        return None
+    return policy.calibration.uncertainty(energy, grad_norm)
+
+
+def matches_stopping_rule(
+    policy: Any, descent_steps: int | None = None, descent_min_grad: float | None = None
+) -> bool:
+    """Whether ``policy`` has a calibration measured with the stopping rule it plans with
+    (overrides ``descent_steps`` / ``descent_min_grad``, None: the config's)."""
     calibration = getattr(policy, "calibration", None)
     if calibration is None:
-        return None
+        return False
     descent = policy.config.descent
     steps = descent.descent_steps if descent_steps is None else descent_steps
     min_grad = descent.descent_min_grad if descent_min_grad is None else descent_min_grad
     same_grad = math.isclose(min_grad, calibration.descent_min_grad, rel_tol=1e-9, abs_tol=0)
     same_disp = policy.descent.config.descent_min_disp == calibration.descent_min_disp
-    if steps != calibration.descent_steps or not same_grad or not same_disp:
-        return None
-    return calibration.uncertainty(energy, grad_norm)
+    return steps == calibration.descent_steps and same_grad and same_disp
