@@ -253,11 +253,13 @@ def test_format_1_configs_convert_step_by_step() -> None:
         "train_config": {"policy": "ebt", "policy_overrides": {"max_steps": 4, "d_model": 32}},
     }
     v2 = upgrade_checkpoint_config(v1, "config.json")
-    assert v2["format_version"] == FORMAT_VERSION == 3 and v1["format_version"] == 1  # a copy
+    assert v2["format_version"] == FORMAT_VERSION == 4 and v1["format_version"] == 1  # a copy
     assert v2["policy"]["config"]["descent"]["descent_steps"] == 4
     # version 3: a checkpoint from before the objective options was trained with the reference
     assert v2["policy"]["config"]["descent"]["objective"] == "mse"
     assert v2["policy"]["config"]["descent"]["step_scale"] == "exp_energy"
+    # version 4: nor did it have the ranking term
+    assert v2["policy"]["config"]["descent"]["rank_weight"] == 0.0
     assert v2["train_config"]["policy_overrides"] == {
         "descent": {"descent_steps": 4},
         "d_model": 32,
@@ -265,8 +267,8 @@ def test_format_1_configs_convert_step_by_step() -> None:
     assert policy_config_from_dict(v2["policy"]["config"]).descent.alpha == 10.0
     assert upgrade_checkpoint_config(v2, "config.json") == v2
     with pytest.raises(
-        CheckpointError, match="x/config.json: format_version 4, this code reads up"
+        CheckpointError, match="x/config.json: format_version 5, this code reads up"
     ):
-        upgrade_checkpoint_config({**v2, "format_version": 4}, "x/config.json")
+        upgrade_checkpoint_config({**v2, "format_version": 5}, "x/config.json")
     with pytest.raises(CheckpointError, match="format_version None"):
         upgrade_checkpoint_config({"policy": {}}, "config.json")

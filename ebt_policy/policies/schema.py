@@ -12,6 +12,8 @@ Versions:
     3. The EBT descent names its training objective and step rule (``objective``,
        ``energy_score_beta``, ``eqm_weight``, ``step_scale``, ``descent_min_disp``); every earlier
        checkpoint was trained with the reference recipe, whose values the converter writes.
+    4. The EBT descent names its ranking term (``rank_weight``, ``rank_reg``, ``rank_noise``,
+       ``rank_scale``); every earlier checkpoint was trained without it (``rank_weight`` 0).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from ebt_policy.errors import CheckpointError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 # The descent fields of a version-1 EBT config, with their version-2 names inside "descent".
 _V1_DESCENT_FIELDS = {
@@ -100,8 +102,36 @@ def _v2_to_v3(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+# What every version-3 EBT policy ran with: no ranking term (the other values are inert then).
+_V3_NO_RANKING = {"rank_weight": 0.0, "rank_reg": 0.1, "rank_noise": 0.5, "rank_scale": 0.0}
+
+
+def _v3_to_v4(config: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 -> 4: an EBT descent without ranking fields was trained without the term."""
+    descent = _ebt_descent(config)
+    if descent is not None:
+        for key, value in _V3_NO_RANKING.items():
+            descent.setdefault(key, value)
+    config["format_version"] = 4
+    return config
+
+
+def _ebt_descent(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The EBT policy's ``descent`` dict inside a checkpoint config, or None."""
+    policy = config.get("policy")
+    if not (isinstance(policy, dict) and policy.get("name") == "ebt"):
+        return None
+    inner = policy.get("config")
+    descent = inner.get("descent") if isinstance(inner, dict) else None
+    return descent if isinstance(descent, dict) else None
+
+
 # format version N -> the converter to version N + 1
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 def upgrade_checkpoint_config(config: dict[str, Any], where: str) -> dict[str, Any]:

@@ -81,6 +81,12 @@ class DescentConfig:
     step_scale: str = "exp_energy"  # "exp_energy": alpha*clamp(exp(E))/T; "fixed": alpha/T
     # inference: also stop a sample once a step moves its chunk less than this (RMS; 0: off)
     descent_min_disp: float = 0.0
+    # ranking term (objectives.ranking_loss): InfoNCE of the demo against counter-examples,
+    # which trains the energy's level, not only its gradient (0: off)
+    rank_weight: float = 0.0
+    rank_reg: float = 0.1  # weight of mean(E_demo^2) in the ranking term (anchors the level)
+    rank_noise: float = 0.5  # largest noise scale of the noised-demo counter-example
+    rank_scale: float = 0.0  # the ranking's energy unit: logits -rank_scale*E (0: alpha / T)
 
     def __post_init__(self) -> None:
         check_types(self, "descent config")
@@ -135,6 +141,10 @@ class DescentConfig:
             self.step_scale in STEP_SCALES,
             f"step_scale must be one of {STEP_SCALES}, got {self.step_scale!r}",
         )
+        need(self.rank_weight >= 0, f"rank_weight must be >= 0, got {self.rank_weight}")
+        need(self.rank_reg >= 0, f"rank_reg must be >= 0, got {self.rank_reg}")
+        need(self.rank_scale >= 0, f"rank_scale must be >= 0, got {self.rank_scale}")
+        need(self.rank_noise > 0, f"rank_noise must be > 0, got {self.rank_noise}")
         need(
             self.descent_min_disp >= 0,
             f"descent_min_disp must be >= 0, got {self.descent_min_disp}",
@@ -232,12 +242,14 @@ class EnergyDescent(torch.nn.Module):
         target: Tensor,
         generator: torch.Generator | None = None,
         n_steps: int | None = None,
+        final: list[Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Unroll N steps from noise towards ``target`` (B, Tp, Da, normalised); return the loss.
 
         N = base + U{0..extra} unless ``n_steps`` is given. Loss: mean over steps of the step
         loss (the config's objective: MSE, or the energy score over ``n_chains`` chains stacked
-        on the batch dim; or the final step's only). One host sync per call (NaN check).
+        on the batch dim; or the final step's only). One host sync per call (NaN check). A list
+        passed as ``final`` receives the last iterate, detached ((chains*B, Tp, Da)).
         """
         cfg = self.config
         dev = target.device
@@ -268,6 +280,8 @@ class EnergyDescent(torch.nn.Module):
             energies.append(e.detach())
             grads.append(g.detach())
         loss = torch.stack(losses).mean()
+        if final is not None:
+            final.append(x.detach())
         # Everything the host needs (NaN flags and metrics) in one transfer: one sync per batch.
         summary = torch.stack(
             [

@@ -25,7 +25,7 @@ from ebt_policy.policies.calibration import chunk_uncertainty
 from ebt_policy.policies.chunk_policy import ChunkPolicy
 from ebt_policy.policies.ebt.configuration import EBTPolicyConfig
 from ebt_policy.policies.ebt.descent import EnergyDescent
-from ebt_policy.policies.ebt.objectives import eqm_loss
+from ebt_policy.policies.ebt.objectives import eqm_loss, ranking_counterexamples, ranking_loss
 
 ACTION_KEY = "action"
 
@@ -95,14 +95,28 @@ class EBTPolicy(ChunkPolicy):
         cfg = self.descent.config
         # the energy score's chains share the observation context: (chains*B, ...)
         chains_ctx = context if cfg.n_chains == 1 else torch.cat([context] * cfg.n_chains)
+        final: list[Tensor] = []
         loss, metrics = self.descent.train_unroll(
-            self.energy_fn(chains_ctx), target, generator=generator
+            self.energy_fn(chains_ctx), target, generator=generator, final=final
         )
         if cfg.eqm_weight > 0:
             eqm = eqm_loss(self.energy_fn(context), target, cfg.step_size, generator=generator)
             loss = loss + cfg.eqm_weight * eqm
             metrics["eqm_loss"] = float(eqm.detach())
-        if cfg.step_scale == "fixed":
+        if cfg.rank_weight > 0:
+            negatives = ranking_counterexamples(target, final[0], cfg.rank_noise, generator)
+            n_cand = negatives.shape[0] + 1
+            rank, e_demo = ranking_loss(
+                self.energy_fn(torch.cat([context] * n_cand)),
+                target,
+                negatives,
+                cfg.rank_reg,
+                cfg.rank_scale or cfg.step_size,
+            )
+            loss = loss + cfg.rank_weight * rank
+            metrics["rank_loss"] = float(rank.detach())
+            metrics["energy_demo"] = float(e_demo.detach().mean())
+        elif cfg.step_scale == "fixed":
             # With a fixed step only grad_x E is trained: the energy's level (e.g. the output
             # bias) gets no gradient. Keep every parameter in the graph (DDP requires it) at zero
             # weight, and report the energy of the demonstrated chunks.

@@ -5,6 +5,8 @@ independent of which demonstrated mode the target is, so its optimum is the cond
 (method.md, last section). A proper scoring rule (the energy score) is minimised only when the
 iterates are *distributed* like the demonstrations, and the Equilibrium-Matching term makes the
 demonstrated chunks stationary points of the energy, so descending further keeps a plan there.
+Both train only the energy's gradient; the ranking term (:func:`ranking_loss`) trains its level,
+so that the final energy of a plan can rank plans and flag unfamiliar observations.
 """
 
 from __future__ import annotations
@@ -65,3 +67,59 @@ def eqm_loss(
         (grad,) = torch.autograd.grad(e.sum(), x_g, create_graph=True)
     field = grad.float() * step_size
     return torch.nn.functional.mse_loss(field, (x_g - target).detach().float())
+
+
+def ranking_counterexamples(
+    target: Tensor,
+    refined: Tensor,
+    noise_max: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Counter-examples for :func:`ranking_loss`, (K, B, Tp, Da), all detached.
+
+    The descent's own final iterates (``refined``: (chains*B, Tp, Da), one per chain, the
+    IRED-style "noised and refined" chunks), the demonstrated chunk plus Gaussian noise of a random
+    scale in (0, ``noise_max``] per sample, and another sample's demonstrated chunk (the batch
+    rolled by one: a plausible chunk for the wrong observation).
+    """
+    B = target.shape[0]
+    chains = refined.detach().reshape(-1, *target.shape)  # (chains, B, Tp, Da)
+    scale = noise_max * (
+        1.0
+        - torch.rand(
+            (B,) + (1,) * (target.dim() - 1), device=target.device, generator=generator
+        )  # fmt: skip
+    )
+    eps = torch.randn(target.shape, device=target.device, dtype=target.dtype, generator=generator)
+    noised = target + scale * eps
+    rolled = target.roll(1, dims=0) if B > 1 else target + eps
+    return torch.cat([chains, noised[None], rolled[None]]).detach()
+
+
+def ranking_loss(
+    energy: Callable[[Tensor], Tensor],
+    target: Tensor,
+    negatives: Tensor,
+    reg: float = 0.1,
+    scale: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """InfoNCE over the demonstrated chunk and K counter-examples for the same observation
+    (IBC's objective; with one counter-example it is IRED's pairwise ``softplus(E+ - E-)``).
+
+    ``energy`` maps ((K+1)*B, Tp, Da) to ((K+1)*B,) with the observation context repeated K+1
+    times. With ``u = scale * E``: ``-log softmax(-u)[demo]`` averaged over the batch, plus
+    ``reg * mean(u_demo^2)``, which anchors the energy's level (InfoNCE fixes only differences) so
+    that demonstrated chunks sit near 0 for every observation; the counter-examples are free to
+    sit as high as the bowl puts them. ``scale`` is the
+    energy unit: with Equilibrium Matching at step size s, ``s * E`` is half a chunk's squared
+    distance to the demonstration, so ``scale = s`` gives logits of order one.
+    Returns (loss, E of the demos (B,)).
+    """
+    K, B = negatives.shape[0], target.shape[0]
+    candidates = torch.cat([target[None], negatives]).flatten(0, 1)  # ((K+1)*B, Tp, Da)
+    e = energy(candidates).float().view(K + 1, B)
+    u = scale * e
+    nce = torch.nn.functional.cross_entropy(
+        -u.t(), torch.zeros(B, dtype=torch.long, device=e.device)
+    )
+    return nce + reg * u[0].pow(2).mean(), e[0]
