@@ -51,10 +51,11 @@ EBT_PRESETS: dict[str, Preset] = {
         train=TrainRecipe(lr=1e-4, warmup_steps=500, batch_size=64),
     ),
     # The cheap MLP energy (method.md, last section): 3 x 256 SiLU, trained with the energy score
-    # and Equilibrium Matching at depths 2..5 (see the module docstring).
+    # and Equilibrium Matching at depths 2..5 (see the module docstring). With cameras, the
+    # CPU-sized image encoder of `tiny` (ResNet-18 at width 8).
     "mlp": Preset(
         policy=EBTPolicyConfig(
-            preset="mlp", energy="mlp", mlp_hidden=256, mlp_layers=3, resnet_width=32,
+            preset="mlp", energy="mlp", mlp_hidden=256, mlp_layers=3, resnet_width=8,
             descent=DescentConfig(
                 train_steps_base=2, train_steps_extra=3, objective="energy_score",
                 eqm_weight=1.0, rms_norm="none", step_scale="fixed",
@@ -65,7 +66,7 @@ EBT_PRESETS: dict[str, Preset] = {
     # The same network with the reference recipe: per-step MSE, 3 unrolled steps.
     "mlp-reference": Preset(
         policy=EBTPolicyConfig(
-            preset="mlp-reference", energy="mlp", mlp_hidden=256, mlp_layers=3, resnet_width=32,
+            preset="mlp-reference", energy="mlp", mlp_hidden=256, mlp_layers=3, resnet_width=8,
             descent=DescentConfig(train_steps_base=3, train_steps_extra=0),
         ),
         train=TrainRecipe(lr=1e-3, warmup_steps=50, batch_size=256),
