@@ -10,6 +10,9 @@ Two tables, both measured on this run on the current device:
        python benchmarks/train_throughput.py [--presets tiny small paper mlp] [--steps 3]
            [--batch-size B] [--image-size 84] [--amp] [--threads 1] [--device cpu|cuda]
 
+   A preset may carry descent overrides, ``mlp:rank_weight=0.1`` (comma-separated); list a pair
+   twice (``mlp mlp:rank_weight=0.1 mlp mlp:rank_weight=0.1``) to interleave their timings.
+
 2. Recipes (``--recipes``): trains the same model for a fixed wall time per recipe on a store (a
    deterministic toy store by default, or ``--dataset``) and reports the held-out error of the
    predicted chunk with 2 inference descent steps, so recipes with different losses compare on what
@@ -90,9 +93,14 @@ def _sync(device: torch.device) -> None:
 
 def throughput(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     rows = []
-    for preset in args.presets:
+    for spec in args.presets:
+        preset, _, overrides = spec.partition(":")
         torch.manual_seed(0)
         policy_cfg = make_policy_config("ebt", preset=preset)
+        for item in filter(None, overrides.split(",")):
+            key, _, value = item.partition("=")
+            setattr(policy_cfg.descent, key, type(getattr(policy_cfg.descent, key))(value))
+        policy_cfg.descent.__post_init__()  # validate the overrides
         policy = make_policy(policy_cfg, _shape_meta(args.image_size), stats=_stats()).to(device)
         cfg = TrainConfig(
             dataset="-",
@@ -121,7 +129,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[dict[str,
         step_s = statistics.median(times)
         rows.append(
             {
-                "preset": preset,
+                "preset": spec,
                 "energy": policy_cfg.energy,
                 "params": sum(p.numel() for p in policy.parameters()),
                 "batch": batch_size,
@@ -131,7 +139,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[dict[str,
                 "unrolled_samples_per_s": batch_size / step_s * float(np.mean(n_unrolled)),
             }
         )
-        print(f"  {preset}: {rows[-1]['samples_per_s']:.1f} samples/s", file=sys.stderr)
+        print(f"  {spec}: {rows[-1]['samples_per_s']:.1f} samples/s", file=sys.stderr)
     return rows
 
 

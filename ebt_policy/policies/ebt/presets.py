@@ -12,6 +12,9 @@ energy"):
   goals reached) and Lift (50/50 at 2..20), so ``mlp`` uses it; ``mlp-reference`` keeps the
   reference recipe for comparison. The transformer presets keep the reference recipe until it is
   measured on them (``--policy-cfg.descent.objective energy_score ...`` selects it).
+* an optional ranking term (``--policy-cfg.descent.rank-weight 0.1``, off in every preset): InfoNCE
+  of the demonstrated chunk against counter-examples, which trains the energy's level as well as
+  its gradient. Measured on Lift, can and twogoal (README, "Why this energy"); not a default.
 
 The paper recipe is method.md's (AdamW lr 1e-4, 500 warm-up steps, batch 64); the smaller models
 take a higher learning rate and shorter warm-up because they are meant for minutes, not days, of
