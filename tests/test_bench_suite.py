@@ -17,6 +17,7 @@ from ebt_policy.bench.suite import run_suite
 from ebt_policy.bench.suite_config import SuiteArgs
 from ebt_policy.cli import main as cli_main
 from ebt_policy.datasets import EpisodeStore
+from ebt_policy.errors import ConfigError
 
 TINY = dict(tasks="twogoal", budget_steps=20, eval_every=10, seeds=1, episodes=2, demos=6,
             preset="tiny", workers=1, device="cpu")  # fmt: skip
@@ -84,6 +85,23 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(tmp_path: Path) -> None:
     after = tree(mse_cell)
     assert set(after) == set(before) and all(after[f] != before[f] for f in before)
     assert tree(out / "cells" / "twogoal" / "ebt") == ebt_before
+
+
+def test_report_only_tables_the_finished_cells_and_runs_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    with pytest.raises(ConfigError, match="no suite there"):
+        run_suite(tiny_args(out, policies="mse", report_only=True))
+    assert not out.exists()
+    run_suite(tiny_args(out, policies="mse"))
+    before = tree(out / "cells")
+    report = run_suite(tiny_args(out, policies="mse,ebt", report_only=True))
+    assert tree(out / "cells") == before  # nothing trained, evaluated or rewritten
+    assert {r["policy"] for r in report["rows"]} == {"mse"}
+    assert report["missing"] == ["twogoal/ebt/seed0"]
+    md = (out / "results.md").read_text()
+    assert "Not finished, so not in the table: twogoal/ebt/seed0." in md
+    with pytest.raises(ConfigError, match="none of this command's cells"):
+        run_suite(tiny_args(out, policies="ebt", report_only=True))
 
 
 def test_interrupted_cell_resumes_its_training_exactly(

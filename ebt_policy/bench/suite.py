@@ -128,15 +128,20 @@ def run_ray(pending: list[CellSpec], args: SuiteArgs, display: Display) -> None:
 
 def run_suite(args: SuiteArgs, argv: list[str] | None = None) -> dict[str, Any]:
     """Run (or continue) the suite; returns the report written to the JSON file."""
-    from ebt_policy.bench.suite_report import aggregate, environment, markdown
-    from ebt_policy.utils import atomic_write_text, write_json_atomic
+    from ebt_policy.utils import write_json_atomic
 
     plan, saved = prepare(args)
-    plan.out.mkdir(parents=True, exist_ok=True)
-    suite_record = {"identity": merged_identity(saved, plan)}
-    write_json_atomic(plan.out / SUITE_FILE, suite_record)
+    if args.report_only:
+        if saved is None:
+            raise ConfigError(f"--out {plan.out}: no suite there to report on")
+    else:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        suite_record = {"identity": merged_identity(saved, plan)}
+        write_json_atomic(plan.out / SUITE_FILE, suite_record)
 
     finished = {s: read_result(s) for s in plan.cells}
+    if args.report_only:
+        return write_report(plan, argv, finished)
     pending = [s for s, r in finished.items() if args.recompute or r is None]
     # the time cells took before (a resumed suite): what the first estimate of the rest uses
     earlier = [(s.policy, r["cell_wall_s"]) for s, r in finished.items() if r is not None]
@@ -153,12 +158,24 @@ def run_suite(args: SuiteArgs, argv: list[str] | None = None) -> dict[str, Any]:
         else:
             run_local(pending, display)
 
-    results = []
-    for spec in plan.cells:
-        result = read_result(spec)
+    finished = {spec: read_result(spec) for spec in plan.cells}
+    for spec, result in finished.items():
         if result is None:  # a cell that ran must have written its result
             raise RuntimeError(f"{spec.cell_dir}: no result after the run")
-        results.append(result)
+    return write_report(plan, argv, finished)
+
+
+def write_report(
+    plan: SuitePlan, argv: list[str] | None, finished: dict[CellSpec, dict[str, Any] | None]
+) -> dict[str, Any]:
+    """The results JSON and Markdown table of the finished cells; the others listed as missing."""
+    from ebt_policy.bench.suite_report import aggregate, environment, markdown
+    from ebt_policy.utils import atomic_write_text, write_json_atomic
+
+    results = [r for r in finished.values() if r is not None]
+    missing = [f"{s.task}/{s.policy}/seed{s.seed}" for s, r in finished.items() if r is None]
+    if not results:
+        raise ConfigError(f"--out {plan.out}: none of this command's cells has finished yet")
     command = "ebt-policy bench suite" + ("" if argv is None else " " + shlex.join(argv))
     report = {
         "command": command,
@@ -166,6 +183,7 @@ def run_suite(args: SuiteArgs, argv: list[str] | None = None) -> dict[str, Any]:
         "environment": environment(),
         "rows": aggregate(results),
         "cells": results,
+        "missing": missing,
     }
     write_json_atomic(plan.json_path, report)
     atomic_write_text(plan.json_path.with_suffix(".md"), markdown(report))

@@ -76,8 +76,13 @@ class SuiteArgs:
     """CPUs Ray reserves per cell (default: --workers)."""
     recompute: bool = False
     """Recompute the cells of this command even when they finished."""
+    report_only: bool = False
+    """Train and evaluate nothing: write the table from the cells that have finished (the rest
+    are listed under it), e.g. while a suite still runs or after it was stopped."""
 
     def __post_init__(self) -> None:
+        if self.report_only and self.recompute:
+            raise ConfigError("--report-only and --recompute: choose one")
         budgets = [b for b in (self.budget_steps, self.budget_minutes) if b is not None]
         if len(budgets) != 1:
             raise ConfigError(

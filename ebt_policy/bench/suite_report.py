@@ -140,6 +140,8 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         lines.append("| " + " | ".join(row_cells(row)) + " |")
     lines += ["", f"{BEST_NOTE}. {LATENCY_NOTE}.", ""]
+    if report.get("missing"):
+        lines += ["Not finished, so not in the table: " + ", ".join(report["missing"]) + ".", ""]
     return "\n".join(lines)
 
 
