@@ -39,8 +39,8 @@ def measure(spec: str, windows: int, seeds: int) -> list[str]:
     import torch
 
     from ebt_policy import load_policy
-    from ebt_policy.datasets import EpisodeStore, WindowDataset
-    from ebt_policy.policies.calibrate_cli import held_out_episodes
+    from ebt_policy.datasets import EpisodeStore
+    from ebt_policy.policies.calibrate_cli import held_out_episodes, window_subset
     from ebt_policy.policies.checkpoint import read_checkpoint_config
 
     name, run, store_path, steps = parse_spec(spec)
@@ -49,11 +49,7 @@ def measure(spec: str, windows: int, seeds: int) -> list[str]:
         policy.set_inference(descent_steps=steps)
     store = EpisodeStore.open(store_path, "r")
     episodes = held_out_episodes(read_checkpoint_config(run)["train_config"], store.n_episodes)
-    keys = policy.low_dim_keys + policy.rgb_keys
-    ds = WindowDataset(
-        store, keys, n_obs_steps=policy.n_obs_steps, horizon=policy.horizon, episodes=episodes
-    )
-    idx = np.unique(np.linspace(0, len(ds) - 1, min(windows, len(ds))).round().astype(int))
+    ds, idx = window_subset(policy, store, episodes, windows)
     to, ta = policy.n_obs_steps, policy.n_action_steps
 
     def norm(a: np.ndarray) -> np.ndarray:  # robot units -> the policy's [-1, 1] action units

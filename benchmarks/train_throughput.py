@@ -99,7 +99,12 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[dict[str,
         policy_cfg = make_policy_config("ebt", preset=preset)
         for item in filter(None, overrides.split(",")):
             key, _, value = item.partition("=")
-            setattr(policy_cfg.descent, key, type(getattr(policy_cfg.descent, key))(value))
+            current = getattr(policy_cfg.descent, key, None)
+            if current is None or isinstance(current, bool):
+                raise SystemExit(
+                    f"--presets {spec!r}: {key!r} is not a numeric or text descent field"
+                )
+            setattr(policy_cfg.descent, key, type(current)(value))
         policy_cfg.descent.__post_init__()  # validate the overrides
         policy = make_policy(policy_cfg, _shape_meta(args.image_size), stats=_stats()).to(device)
         cfg = TrainConfig(

@@ -113,8 +113,13 @@ def scores(calibration, energy: np.ndarray, grad: np.ndarray) -> dict[str, np.nd
 
 def lift_rows(spec: str, windows: int, seeds: int) -> list[list[str]]:
     from ebt_policy import load_policy
-    from ebt_policy.datasets import EpisodeStore, WindowDataset
-    from ebt_policy.policies.calibrate_cli import calibrate, held_out_episodes, window_values
+    from ebt_policy.datasets import EpisodeStore
+    from ebt_policy.policies.calibrate_cli import (
+        calibrate,
+        held_out_episodes,
+        window_subset,
+        window_values,
+    )
     from ebt_policy.policies.checkpoint import read_checkpoint_config
 
     name, run, store_path, steps = parse_run(spec)
@@ -124,11 +129,7 @@ def lift_rows(spec: str, windows: int, seeds: int) -> list[list[str]]:
     policy.set_inference(descent_steps=steps)
     store = EpisodeStore.open(store_path, "r")
     episodes = held_out_episodes(read_checkpoint_config(run)["train_config"], store.n_episodes)
-    keys = policy.low_dim_keys + policy.rgb_keys
-    ds = WindowDataset(
-        store, keys, n_obs_steps=policy.n_obs_steps, horizon=policy.horizon, episodes=episodes
-    )
-    idx = np.unique(np.linspace(0, len(ds) - 1, min(windows, len(ds))).round().astype(int))
+    ds, idx = window_subset(policy, store, episodes, windows)
 
     def measure(transform=None) -> dict[str, np.ndarray]:
         # noise seeds 1.. (the calibration drew seed 0)

@@ -42,6 +42,21 @@ def held_out_episodes(train_config: dict[str, Any], n_episodes: int) -> list[int
     return []
 
 
+def window_subset(
+    policy: Any, store: Any, episodes: Sequence[int], windows: int
+) -> tuple[Any, Any]:
+    """The policy's WindowDataset over ``episodes`` of ``store`` and at most ``windows`` window
+    indices evenly spaced over it (what calibration and the benchmarks plan on)."""
+    from ebt_policy.datasets import WindowDataset
+
+    keys = policy.low_dim_keys + policy.rgb_keys
+    dataset = WindowDataset(
+        store, keys, n_obs_steps=policy.n_obs_steps, horizon=policy.horizon, episodes=episodes
+    )
+    n = len(dataset)
+    return dataset, np.unique(np.linspace(0, n - 1, min(windows, n)).round().astype(int))
+
+
 def window_values(
     policy: Any,
     dataset: Any,
@@ -103,7 +118,7 @@ def calibrate(
     Raises:
         ConfigError / DatasetError / CheckpointError: one line naming the flag, store or file.
     """
-    from ebt_policy.datasets import EpisodeStore, WindowDataset
+    from ebt_policy.datasets import EpisodeStore
     from ebt_policy.policies.checkpoint import (
         WEIGHTS_NAME,
         load_policy,
@@ -137,12 +152,7 @@ def calibrate(
     bad = [e for e in episodes if not 0 <= e < store.n_episodes]
     if bad:
         raise DatasetError(f"{dataset}: --episodes {bad} not in 0..{store.n_episodes - 1}")
-    keys = policy.low_dim_keys + policy.rgb_keys
-    window_set = WindowDataset(
-        store, keys, n_obs_steps=policy.n_obs_steps, horizon=policy.horizon, episodes=episodes
-    )
-    n = len(window_set)
-    indices = np.unique(np.linspace(0, n - 1, min(windows, n)).round().astype(int))
+    window_set, indices = window_subset(policy, store, episodes, windows)
     energy, grad = window_values(policy, window_set, indices, seeds=seeds, batch_size=batch_size)
     descent = policy.config.descent
     calibration = Calibration.from_values(

@@ -88,16 +88,10 @@ _V2_REFERENCE_OBJECTIVE = {
 
 def _v2_to_v3(config: dict[str, Any]) -> dict[str, Any]:
     """Version 2 -> 3: an EBT descent without objective fields was the reference recipe."""
-    policy = config.get("policy")
-    if isinstance(policy, dict) and policy.get("name") == "ebt":
-        descent = (
-            (policy.get("config") or {}).get("descent")
-            if isinstance(policy.get("config"), dict)
-            else None
-        )
-        if isinstance(descent, dict):
-            for key, value in _V2_REFERENCE_OBJECTIVE.items():
-                descent.setdefault(key, value)
+    descent = _ebt_descent(config)
+    if descent is not None:
+        for key, value in _V2_REFERENCE_OBJECTIVE.items():
+            descent.setdefault(key, value)
     config["format_version"] = 3
     return config
 
