@@ -1,6 +1,7 @@
-"""The inference engine: exact mode = the golden chunks, faster modes within stated tolerances,
-warm starts that follow their row and reset, best-of-K picking the lowest energy, batch-
-independent rows, the stopping rules, and the CUDA-graph path (only where CUDA exists)."""
+"""The inference engine: exact mode = the reference descent bit for bit (and the golden chunks
+to rounding), faster modes within stated tolerances, warm starts that follow their row and
+reset, best-of-K picking the lowest energy, batch-independent rows, the stopping rules, and the
+CUDA-graph path (only where CUDA exists)."""
 
 from __future__ import annotations
 
@@ -51,16 +52,27 @@ def tensors(policy, obs):
 
 # ---------------------------------------------------------------------------- exact mode
 @pytest.mark.parametrize("freeze", [True, False])
-def test_exact_mode_plans_the_golden_chunks_bit_for_bit(freeze: bool) -> None:
+def test_exact_mode_plans_the_reference_descent_bit_for_bit(freeze: bool) -> None:
     golden = load_file(GOLDEN)
     policy = load_policy(CHECKPOINT)
     engine = InferenceEngine(policy, EngineOptions(freeze=freeze))
     obs = tensors(policy, {"state": golden["obs.state"].numpy()})
     result = engine.plan(obs, init_chunk=golden["noise"])
-    chunk = policy.normalizer.unnormalize("action", result.chunk)
-    assert torch.equal(chunk, golden["chunk"]) and torch.equal(result.energy, golden["energy"])
     assert engine.last_path == "eager"
     assert all(p.requires_grad for p in policy.parameters())  # frozen only while planning
+    # the reference: EnergyDescent.step (the training code's step, without training noise)
+    with torch.no_grad():
+        context = policy.encode(policy._normalize_obs(obs), augment=False)
+    energy = policy.energy_fn(context, fused=policy.config.fused_attention_inference)
+    x = golden["noise"].clone()
+    v = torch.zeros_like(x)
+    for _ in range(policy.config.descent.descent_steps):
+        x, v, e, _ = policy.descent.step(energy, x, v, training=False)
+    assert torch.equal(result.chunk, x) and torch.equal(result.energy, e)
+    # and the recorded chunks to rounding (another CPU may sum in another order)
+    chunk = policy.normalizer.unnormalize("action", result.chunk)
+    torch.testing.assert_close(chunk, golden["chunk"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.energy, golden["energy"], atol=1e-6, rtol=0)
 
 
 def test_options_are_validated_by_name() -> None:
@@ -84,19 +96,39 @@ def test_bf16_autocast_stays_within_its_tolerance_of_fp32() -> None:
     assert (bf16.energy - fp32.energy).abs().max() < BF16_ATOL * fp32.energy.abs().max()
 
 
-@pytest.mark.slow  # torch.compile on this CPU: ~45 s
-def test_compiled_step_plans_the_eager_chunks_within_tolerance() -> None:
+@pytest.mark.slow  # torch.compile on this CPU: ~2 minutes (a whole-chunk graph and a step)
+def test_compiled_paths_plan_the_eager_chunks_within_tolerance() -> None:
     policy = tiny_policy()
-    policy.set_engine(compile=True)
     obs = observations(4)
     noise = torch.randn(4, 16, DA, generator=torch.Generator().manual_seed(0))
-    compiled = policy.predict_chunk(obs, init_chunk=noise)
-    assert policy.engine.last_path == "compiled"
-    policy.set_engine()
-    eager = policy.predict_chunk(obs, init_chunk=noise)
     atol = COMPILED_ATOL * 2  # robot units: the action statistics span [-1, 1] -> x2
-    np.testing.assert_allclose(compiled.chunk, eager.chunk, atol=atol, rtol=0)
-    np.testing.assert_allclose(compiled.energy, eager.energy, atol=1e-5, rtol=0)
+    adaptive = {"descent_steps": 6, "descent_min_grad": 1e-3}
+    for kwargs, path in (({}, "compiled_chunk"), (adaptive, "compiled")):
+        policy.set_engine(compile=True)
+        compiled = policy.predict_chunk(obs, init_chunk=noise, **kwargs)
+        assert policy.engine.last_path == path
+        policy.set_engine()
+        eager = policy.predict_chunk(obs, init_chunk=noise, **kwargs)
+        np.testing.assert_allclose(compiled.chunk, eager.chunk, atol=atol, rtol=0)
+        np.testing.assert_allclose(compiled.energy, eager.energy, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(compiled.steps, eager.steps)
+
+
+def test_a_fixed_step_loop_reports_the_first_nonfinite_step() -> None:
+    from ebt_policy.inference.fixed import fixed_result, run_fixed_steps
+    from ebt_policy.policies.ebt.descent import NonFiniteEnergyError
+
+    def step(context, x, v):  # the energy turns NaN from the second step on
+        e = torch.where(x.abs().amax(dim=(1, 2)) > 0.5, float("nan"), 0.0)
+        return x + 1.0, v, e, torch.ones_like(x)
+
+    x0 = torch.zeros(2, 3, 1)
+    x, e, gnorm, bad = run_fixed_steps(step, None, x0, 4)
+    assert int(bad) == 1 and torch.equal(x, x0 + 4)
+    with pytest.raises(NonFiniteEnergyError, match="step 1 of 4"):
+        fixed_result(x, e, gnorm, bad, 4, "inference")
+    ok = fixed_result(*run_fixed_steps(step, None, x0, 1), 1, "inference")
+    assert ok.steps.tolist() == [1, 1] and torch.equal(ok.chunk, x0 + 1)
 
 
 # ---------------------------------------------------------------------------- warm start

@@ -47,7 +47,8 @@ class LatencyArgs:
     engine: bool = False
     """Also time the inference engine's options (bf16, warm start, best-of-K, onnxruntime...)."""
     compile: bool = False
-    """With --engine: add a torch.compile row (compiles once per batch size: minutes on a CPU)."""
+    """With --engine: add torch.compile rows, the whole fixed-step chunk and the adaptive rule's
+    step (each compiles once per batch size: minutes on a CPU)."""
     gc_off: bool = False
     """Collect, freeze and disable Python's garbage collector while timing."""
 

@@ -52,7 +52,8 @@ def engine_variants(cfg: Any, build: Callable[[], Any], eager_label: str, skippe
     add("EBT best-of-4", best_of=4)
     add("EBT best-of-16", best_of=16)
     if cfg.compile:
-        add("EBT compiled", compile=True)
+        add("EBT compiled (whole chunk)", compile=True)
+        add("EBT adaptive, compiled step", adaptive, compile=True)
     if cfg.device.startswith("cuda"):
         add("EBT CUDA graph", cuda_graph=True)
     try:

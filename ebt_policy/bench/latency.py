@@ -40,7 +40,7 @@ class LatencyConfig:
     action_dim: int = 7
     threads: int | None = None  # torch CPU threads (None: torch's default)
     engine: bool = False  # also time the inference engine's options (EBT rows only)
-    compile: bool = False  # with engine: a torch.compile row (compiles per batch size: minutes)
+    compile: bool = False  # with engine: torch.compile rows (compile per batch size: minutes)
     gc_off: bool = False  # collect, freeze and disable Python's GC while timing (p99 study)
 
     def __post_init__(self) -> None:

@@ -11,14 +11,12 @@ One graph per batch shape; its outputs are static buffers, copied out before ret
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-from ebt_policy.policies.ebt.descent import DescentResult, NonFiniteEnergyError
+from ebt_policy.inference.fixed import Step, fixed_result, run_fixed_steps
+from ebt_policy.policies.ebt.descent import DescentResult
 
-Step = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
 WARMUP_RUNS = 3  # side-stream runs before the capture, as the CUDA Graphs notes do
 
 
@@ -48,14 +46,7 @@ class GraphedDescent:
 
     def _run(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         with torch.no_grad():  # only the step's own gradient w.r.t. the chunk is recorded
-            x, v = self.x0, torch.zeros_like(self.x0)
-            # the first step that produced NaN/Inf (n_steps: none), kept on the device
-            bad = torch.full((), self.n_steps, dtype=torch.long, device=x.device)
-            for i in range(self.n_steps):
-                x, v, e, g = self.step(self.context, x, v)
-                ok = torch.isfinite(e).all() & torch.isfinite(g).all()
-                bad = torch.where((bad == self.n_steps) & ~ok, i, bad)
-            return x, e, g.flatten(1).norm(dim=1).float(), bad
+            return run_fixed_steps(self.step, self.context, self.x0, self.n_steps)
 
     def __call__(self, context: Tensor, x0: Tensor) -> DescentResult:
         """Replay on ``context`` and ``x0`` (the capture's shapes); the results are copies."""
@@ -63,8 +54,4 @@ class GraphedDescent:
         self.x0.copy_(x0)
         self.graph.replay()
         x, e, gnorm, bad = (t.clone() for t in self.out)
-        bad_step = int(bad)  # the one host sync of the call
-        if bad_step < self.n_steps:
-            raise NonFiniteEnergyError(bad_step, self.n_steps, "inference, CUDA graph")
-        steps = torch.full(e.shape, self.n_steps, dtype=torch.long, device=e.device)
-        return DescentResult(chunk=x, energy=e, steps=steps, grad_norm=gnorm)
+        return fixed_result(x, e, gnorm, bad, self.n_steps, "inference, CUDA graph")

@@ -9,7 +9,8 @@ Per call (:meth:`InferenceEngine.plan`):
    rows without a previous chunk) from N(0, I) drawn from the row's own generator;
 3. the descent: the policy's :class:`~ebt_policy.policies.ebt.EnergyDescent` loop with its
    stopping rule, each step the pure :func:`~ebt_policy.policies.ebt.step.inference_step`
-   (eager, or compiled), or on CUDA a captured fixed-step graph;
+   (eager, or compiled); a fixed-step rule compiled whole (all steps one graph), or on CUDA
+   captured in a CUDA graph;
 4. per row the candidate with the lowest final energy is kept and remembered for the next warm
    start.
 
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from ebt_policy.errors import EbtPolicyError
 from ebt_policy.inference.cuda_graph import GraphedDescent
+from ebt_policy.inference.fixed import CompiledDescent
 from ebt_policy.inference.options import EngineOptions, check_bf16
 from ebt_policy.policies.ebt.descent import DescentResult
 from ebt_policy.policies.ebt.step import autograd_energy_grad, func_energy_grad, inference_step
@@ -39,8 +41,9 @@ class InferenceEngine:
 
     The engine keeps per-row warm-start state; :meth:`reset` forgets all of it and
     :meth:`forget` one row's (the policy's ``reset`` / ``start_episode`` call these).
-    ``last_path`` says how the last call descended: ``"eager"``, ``"compiled"`` or
-    ``"cuda_graph"``.
+    ``last_path`` says how the last call descended: ``"eager"``, ``"compiled"`` (the compiled
+    step, in the Python loop of an adaptive rule), ``"compiled_chunk"`` (a fixed rule: all steps
+    one compiled graph) or ``"cuda_graph"``.
     """
 
     def __init__(self, policy: Any, options: EngineOptions | None = None) -> None:
@@ -49,7 +52,10 @@ class InferenceEngine:
         if self.options.bf16:
             check_bf16(policy.device.type)
         self._warm: dict[int, Tensor] = {}  # row -> previous chunk (Tp, Da), normalised
-        self._compiled: Any = None
+        self._advance: dict[int, int] = {}  # row -> the next warm start's shift (once)
+        self._compiled: Any = None  # the compiled step (adaptive rules)
+        self._compiled_loops: dict[tuple, CompiledDescent] = {}  # fixed rules: the whole loop
+        self._compiled_encode: Any = None
         self._graphs: dict[tuple, GraphedDescent] = {}
         self.last_path = "eager"
 
@@ -62,10 +68,20 @@ class InferenceEngine:
     def reset(self) -> None:
         """Forget every row's previous chunk: the next plans start from noise."""
         self._warm.clear()
+        self._advance.clear()
 
     def forget(self, row: int) -> None:
         """Forget ``row``'s previous chunk (a new episode starts there)."""
         self._warm.pop(int(row), None)
+        self._advance.pop(int(row), None)
+
+    def advance(self, row: int, n_actions: int) -> None:
+        """``row``'s next warm start shifts its previous chunk by ``n_actions`` (the control
+        steps between the newest frames of the two plans) instead of ``warm_shift`` / Ta: for a
+        loop that plans on a clock, as the deploy loop does. Used by that one plan."""
+        if n_actions < 0:
+            raise EbtPolicyError(f"advance: n_actions must be >= 0, got {n_actions}")
+        self._advance[int(row)] = int(n_actions)
 
     def has_warm_start(self, row: int) -> bool:
         """Whether ``row``'s next plan starts from its previous chunk."""
@@ -97,7 +113,7 @@ class InferenceEngine:
             )
         K = opts.best_of
         with torch.no_grad(), self._autocast():
-            context = policy.encode(policy._normalize_obs(obs), augment=False)
+            context = self._encode(policy._normalize_obs(obs))
         x0 = self._initial_chunks(B, row_ids, rows is not None, generator, init_chunk)
         if K > 1:
             # (B*K, ...): a row's K candidates are adjacent
@@ -115,6 +131,16 @@ class InferenceEngine:
             for b, row in enumerate(row_ids):
                 self._warm[row] = result.chunk[b].detach().clone()
         return result
+
+    def _encode(self, obs: dict[str, Tensor]) -> Tensor:
+        if not self.options.compile:
+            return self.policy.encode(obs, augment=False)
+        if self._compiled_encode is None:
+            policy = self.policy
+            self._compiled_encode = torch.compile(
+                lambda o: policy.encode(o, augment=False), dynamic=False
+            )
+        return self._compiled_encode(obs)
 
     def _descend(
         self, context: Tensor, x0: Tensor, steps: int | None, min_grad: float | None
@@ -135,6 +161,16 @@ class InferenceEngine:
                 step = self._step_impl(autograd_energy_grad)
                 graph = self._graphs[key] = GraphedDescent(step, context, x0, n)
             return graph(context, x0)
+        if opts.compile and fixed:
+            # the whole fixed-step loop as one compiled graph: one guard check per chunk
+            self.last_path = "compiled_chunk"
+            key = (n, id(cfg))
+            loop = self._compiled_loops.get(key)
+            if loop is None:
+                loop = self._compiled_loops[key] = CompiledDescent(
+                    self._step_impl(func_energy_grad), n
+                )
+            return loop(context, x0)
         if opts.compile:
             self.last_path = "compiled"
             if self._compiled is None:
@@ -200,10 +236,9 @@ class InferenceEngine:
         elif opts.warm_start:
             for b, row in enumerate(row_ids):
                 prev = self._warm.get(row)
+                shift = self._advance.pop(row, self._shift())
                 if prev is not None:
-                    noise[b, 0] = shift_chunk(prev.to(dev), self._shift()) + (
-                        opts.warm_noise * noise[b, 0]
-                    )
+                    noise[b, 0] = shift_chunk(prev.to(dev), shift) + (opts.warm_noise * noise[b, 0])
         return noise.view(B * K, *shape)
 
     def _shift(self) -> int:
