@@ -69,6 +69,11 @@ class DeployArgs:
     """As --energy-replan, as a calibrated quantile."""
     energy_stop_quantile: float | None = None
     """As --energy-stop, as a calibrated quantile (e.g. 0.99)."""
+    warm_start: bool = False
+    """EBT: start each plan's descent from the previous chunk shifted by the control steps
+    since its newest frame (noise at an episode's start and for an energy re-plan)."""
+    best_of: int = 1
+    """EBT: descend from K initialisations per plan, keep the lowest final energy."""
     obs_latency: float = 0.0
     """Simulated robots: delay every observation by this many seconds."""
     drop_prob: float = 0.0
@@ -78,6 +83,8 @@ class DeployArgs:
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.best_of < 1:
+            raise ConfigError(f"--best-of must be >= 1, got {self.best_of}")
         if self.duration is not None and not self.duration > 0:
             raise ConfigError(f"--duration must be > 0, got {self.duration}")
         for name in ("scale", "replan", "stop"):
@@ -201,6 +208,10 @@ def main(argv: list[str]) -> int:
     robot = make_robot(args.robot, **kwargs)
     policy = load_policy(args.checkpoint, device=device)
     # refused before the robot connects
+    if args.warm_start or args.best_of != 1:
+        if not hasattr(policy, "set_engine"):
+            raise ConfigError(f"{args.checkpoint}: --warm-start/--best-of apply to EBT policies")
+        policy.set_engine(warm_start=args.warm_start, best_of=args.best_of)
     energy = EnergyConfig(replan_steps=args.energy_replan_steps, **_energy_thresholds(policy, args))
     status: dict[str, Any] = {"last": time.monotonic(), "ticks": 0, "latency": [], "events": 0}
 

@@ -127,6 +127,7 @@ class InferenceWorker:
         self._generation = 0
         self._ids = itertools.count()
         self._t_obs = 0.0
+        self._t_last_plan: float | None = None  # newest frame of the episode's last plan
         self.in_flight = False  # a plan was requested and its result not yet taken
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._thread.start()
@@ -190,6 +191,7 @@ class InferenceWorker:
                 obs, seed = arg
                 self.executor.start_episode(0, policy_obs(obs, self.obs_keys), seed)
                 self._t_obs = float(obs["timestamp"])
+                self._t_last_plan = None
             elif kind == "observe":
                 self.executor.observe(0, policy_obs(arg, self.obs_keys))
                 self._t_obs = float(arg["timestamp"])
@@ -199,6 +201,7 @@ class InferenceWorker:
 
     def _plan(self, requested: float, steps: int | None, replanned: bool) -> Chunk | PlanFailure:
         t_obs = self._t_obs
+        self._warm_start(t_obs, replanned)
         try:
             with _descent_steps(self.policy, steps):
                 plan = self.executor.plan([0])
@@ -207,6 +210,7 @@ class InferenceWorker:
         except Exception as exc:  # the policy raised: the control thread holds, then stops
             return PlanFailure("error", exc, time.monotonic())
         now = time.monotonic()
+        self._t_last_plan = t_obs
         n = self.executor.queued(0)  # Ta (or the executor's n_action_steps)
         actions = np.asarray(plan.prediction.actions, np.float64)[0, :n]  # (Ta, Da)
         record = plan.records[0]
@@ -221,3 +225,16 @@ class InferenceWorker:
             t_ready=now,
             replanned=replanned,
         )
+
+    def _warm_start(self, t_obs: float, replanned: bool) -> None:
+        """With an engine warm start (EBT ``--warm-start``): the next plan starts from the last
+        one shifted by the control steps between their newest frames (this loop plans on a
+        clock, not every Ta steps); an energy re-plan starts from noise instead (the plan it
+        replaces was rejected)."""
+        engine = getattr(self.policy, "engine", None)
+        if engine is None or not engine.options.warm_start:
+            return
+        if replanned or self._t_last_plan is None:
+            engine.forget(0)
+        else:
+            engine.advance(0, max(0, round((t_obs - self._t_last_plan) / self.dt)))
