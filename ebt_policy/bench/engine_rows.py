@@ -27,12 +27,18 @@ def _n_params(policy: Any) -> int:
 
 def engine_variants(cfg: Any, build: Callable[[], Any], eager_label: str, skipped: list[str]):
     """Variants for each engine option; ``build()`` makes a fresh EBT policy (same weights)."""
-    from ebt_policy.bench.latency import Variant
+    from ebt_policy.bench.latency import ADAPTIVE_LABEL, Variant
 
     out: list[Variant] = []
     steps, min_grad = ADAPTIVE
 
-    def add(label: str, plan_kwargs: dict | None = None, per_row: bool = False, **options: Any):
+    def add(
+        label: str,
+        plan_kwargs: dict | None = None,
+        per_row: bool = False,
+        flops_like: str | None = None,
+        **options: Any,
+    ):
         policy = build()
         policy.set_engine(**options)
         kwargs = dict(plan_kwargs or {})
@@ -41,7 +47,7 @@ def engine_variants(cfg: Any, build: Callable[[], Any], eager_label: str, skippe
             rows = list(range(len(obs["state"]))) if per_row else None
             return policy.predict_chunk(obs, rows=rows, **kwargs)
 
-        out.append(Variant(label, "ebt", plan, _n_params(policy)))
+        out.append(Variant(label, "ebt", plan, _n_params(policy), flops_like=flops_like))
 
     adaptive = {"descent_steps": steps, "descent_min_grad": min_grad}
     add("EBT params not frozen", freeze=False)
@@ -52,8 +58,9 @@ def engine_variants(cfg: Any, build: Callable[[], Any], eager_label: str, skippe
     add("EBT best-of-4", best_of=4)
     add("EBT best-of-16", best_of=16)
     if cfg.compile:
-        add("EBT compiled (whole chunk)", compile=True)
-        add("EBT adaptive, compiled step", adaptive, compile=True)
+        # FLOPs counted on the eager rows: a compiled graph cannot run under the FLOP counter
+        add("EBT compiled (whole chunk)", flops_like=eager_label, compile=True)
+        add("EBT adaptive, compiled step", adaptive, flops_like=ADAPTIVE_LABEL, compile=True)
     if cfg.device.startswith("cuda"):
         add("EBT CUDA graph", cuda_graph=True)
     try:

@@ -25,6 +25,7 @@ import torch
 from ebt_policy.errors import ConfigError
 
 ADAPTIVE = (20, 1e-3)  # EBT's adaptive mode: at most 20 descent steps, stop at |grad| < 1e-3
+ADAPTIVE_LABEL = f"EBT adaptive {ADAPTIVE[0]}:{ADAPTIVE[1]:.0e}".replace("e-0", "e-")
 
 
 @dataclass
@@ -135,7 +136,7 @@ def build_variants(cfg: LatencyConfig) -> tuple[list[Variant], list[str]]:
     variants.append(Variant(f"EBT ({k} steps)", "ebt", ebt.predict_chunk, n_params(ebt)))
     steps, min_grad = ADAPTIVE
     variants.append(Variant(
-        f"EBT adaptive {steps}:{min_grad:.0e}".replace("e-0", "e-"), "ebt",
+        ADAPTIVE_LABEL, "ebt",
         lambda obs: ebt.predict_chunk(obs, descent_steps=steps, descent_min_grad=min_grad),
         n_params(ebt),
     ))  # fmt: skip
