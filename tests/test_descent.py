@@ -95,6 +95,32 @@ def test_adaptive_inference_stops_each_sample_on_its_own_gradient():
     assert descent.infer(quadratic(target), x0, descent_steps=1).steps.tolist() == [1, 1, 1]
 
 
+def test_reject_uphill_keeps_the_lowest_energy_point_of_an_overshooting_sample():
+    """A step size that overshoots a bowl (x - t -> -1.5 (x - t)) raises the energy at the next
+    point: that sample stops and returns its start with the start's energy; a sample whose steps
+    go downhill (x - t -> 0.5 (x - t)) descends exactly as without the rule."""
+    cfg = DescentConfig(
+        alpha=1.0, momentum=0.0, rms_norm="none", step_scale="fixed", descent_min_grad=0.0
+    )
+    descent = EnergyDescent(cfg)
+    target = torch.ones(2, TP, DA)
+    scale = torch.tensor([60.0, 12.0])  # 2 * alpha * scale / (TP * DA) = 2.5 and 0.5
+    energy = quadratic(target, scale)
+    x0 = torch.zeros(2, TP, DA)
+    plain = descent.infer(energy, x0, descent_steps=5)
+    res = descent.infer(energy, x0, descent_steps=5, reject_uphill=True)
+    assert plain.energy[0] > energy(x0)[0]  # without the rule the overshooting sample diverges
+    torch.testing.assert_close(res.chunk[0], x0[0])
+    torch.testing.assert_close(res.energy[0], energy(x0)[0])
+    assert res.energy[0] == energy(res.chunk)[0]  # the energy of the returned chunk
+    torch.testing.assert_close(res.chunk[1], plain.chunk[1])
+    torch.testing.assert_close(res.energy[1], plain.energy[1])
+    assert res.steps.tolist() == [2, 5]
+    # the rule is per sample: the downhill sample alone gives the same result
+    alone = descent.infer(quadratic(target[1:], scale[1:]), x0[1:], 5, reject_uphill=True)
+    torch.testing.assert_close(alone.chunk, res.chunk[1:])
+
+
 def test_training_unroll_draws_n_steps_and_builds_second_order_graph():
     cfg = DescentConfig(train_steps_base=2, train_steps_extra=2)
     descent = EnergyDescent(cfg)

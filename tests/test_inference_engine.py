@@ -223,6 +223,18 @@ def test_energy_change_stop_and_per_chunk_steps() -> None:
     assert ((some.steps >= 3) & (some.steps <= 20)).all()
 
 
+def test_reject_uphill_never_ends_a_row_above_its_first_energy() -> None:
+    policy = tiny_policy()
+    obs = tensors(policy, observations(4))
+    noise = torch.randn(4, 16, DA, generator=torch.Generator().manual_seed(1))
+    engine = InferenceEngine(policy, EngineOptions(reject_uphill=True))
+    assert not engine.options.calibrated  # another rule than a calibration measured
+    res = engine.plan(obs, init_chunk=noise, descent_steps=20, descent_min_grad=0.0)
+    first = InferenceEngine(policy).plan(obs, init_chunk=noise, descent_steps=1)  # E at the start
+    assert (res.energy <= first.energy).all()
+    assert engine.last_path == "eager" and (res.steps <= 20).all()
+
+
 def test_a_copied_policy_gets_its_own_engine() -> None:
     policy = tiny_policy()
     policy.set_engine(best_of=2)
@@ -252,7 +264,8 @@ def test_cuda_graph_replays_the_fixed_step_descent(bf16: bool) -> None:
 
 # ---------------------------------------------------------------------------- eval flags
 def test_eval_plans_with_warm_start_and_best_of_k(tmp_path, capsys) -> None:
-    """`ebt-policy eval --warm-start --best-of K` reaches the engine through predict_chunk."""
+    """`ebt-policy eval --warm-start --best-of K` (and `--reject-uphill`) reach the engine
+    through predict_chunk."""
     import json
 
     from ebt_policy.cli import main
@@ -276,3 +289,6 @@ def test_eval_plans_with_warm_start_and_best_of_k(tmp_path, capsys) -> None:
     assert json.loads(out.read_text())["n_chunks"] >= 6  # 3 chunks per episode, 2 episodes
     assert main([*argv, "--best-of", "0"]) == 2
     assert "best_of must be >= 1" in capsys.readouterr().err
+    argv = [*argv[:-3], "--reject-uphill", "--descent-steps", "6"]
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["n_chunks"] >= 6

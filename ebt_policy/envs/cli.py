@@ -116,6 +116,9 @@ class EvalArgs:
     executed actions (noise at an episode's start)."""
     best_of: int = 1
     """EBT inference: descend from K initialisations per row, keep the lowest final energy."""
+    reject_uphill: bool = False
+    """EBT inference: a chunk whose energy rises after a step stops there and keeps the
+    lowest-energy point it reached."""
     sampler: Literal["ddpm", "ddim"] | None = None
     """Diffusion policies: sample chunks with DDPM or DDIM (default: the checkpoint's)."""
     sampler_steps: int | None = None
@@ -198,10 +201,14 @@ def eval_main(argv: list[str]) -> int:
         policy.set_inference(
             descent_steps=args.descent_steps, descent_min_grad=args.descent_min_grad
         )
-    if args.warm_start or args.best_of != 1:
+    if args.warm_start or args.best_of != 1 or args.reject_uphill:
         if not hasattr(policy, "set_engine"):
-            raise ConfigError(f"{args.checkpoint}: --warm-start/--best-of apply to EBT policies")
-        policy.set_engine(warm_start=args.warm_start, best_of=args.best_of)
+            raise ConfigError(
+                f"{args.checkpoint}: --warm-start/--best-of/--reject-uphill apply to EBT policies"
+            )
+        policy.set_engine(
+            warm_start=args.warm_start, best_of=args.best_of, reject_uphill=args.reject_uphill
+        )
     if args.sampler is not None or args.sampler_steps is not None:
         if not hasattr(policy, "set_sampler"):
             raise ConfigError(

@@ -152,7 +152,7 @@ class InferenceEngine:
         min_grad = cfg.descent_min_grad if min_grad is None else min_grad
         # every rule but the cap needs a host decision per step; a captured graph cannot stop
         fixed = n <= 2 or (min_grad <= 0 and cfg.descent_min_disp <= 0)
-        fixed = fixed and opts.min_energy_change <= 0
+        fixed = fixed and opts.min_energy_change <= 0 and not opts.reject_uphill
         if opts.cuda_graph and context.device.type == "cuda" and fixed:
             self.last_path = "cuda_graph"
             key = (tuple(context.shape), context.dtype, tuple(x0.shape), n, id(cfg))
@@ -182,8 +182,9 @@ class InferenceEngine:
             eager = self._step_impl(autograd_energy_grad)
             step_fn = lambda x, v: eager(context, x, v)  # noqa: E731
         return descent.infer(
-            None, x0, n, min_grad, min_energy_change=opts.min_energy_change, step_fn=step_fn
-        )
+            None, x0, n, min_grad, min_energy_change=opts.min_energy_change,
+            reject_uphill=opts.reject_uphill, step_fn=step_fn,
+        )  # fmt: skip
 
     def _step_impl(self, make_grad: Any) -> Any:
         """``step(context, x, v) -> (x_next, v_next, e, g)``: a pure function of its tensors."""

@@ -30,6 +30,9 @@ class EngineOptions:
     warm_shift: int = 0  # actions executed between two plans of a row (0: the policy's Ta)
     best_of: int = 1  # K initialisations per row in one batch; the lowest final energy wins
     min_energy_change: float = 0.0  # stop once |dE| / |E| of a step falls below this (0: off)
+    # a row whose energy rises from one evaluated point to the next stops there and returns
+    # the lowest-energy point it evaluated (EnergyDescent.infer's reject_uphill)
+    reject_uphill: bool = False
     # Turn parameter gradients off while planning (only the chunk needs one); restored after.
     freeze: bool = True
 
@@ -49,8 +52,14 @@ class EngineOptions:
     @property
     def calibrated(self) -> bool:
         """Whether chunks come from the distribution a calibration measured (cold start, one
-        candidate, no energy-change stop); compile, bf16 and graphs change only rounding."""
-        return not self.warm_start and self.best_of == 1 and self.min_energy_change == 0.0
+        candidate, no energy-change or uphill stop); compile, bf16 and graphs change only
+        rounding."""
+        return (
+            not self.warm_start
+            and self.best_of == 1
+            and self.min_energy_change == 0.0
+            and not self.reject_uphill
+        )
 
 
 def check_bf16(device_type: str) -> None:

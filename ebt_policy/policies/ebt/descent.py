@@ -316,6 +316,7 @@ class EnergyDescent(torch.nn.Module):
         descent_min_grad: float | None = None,
         *,
         min_energy_change: float = 0.0,
+        reject_uphill: bool = False,
         step_fn: StepFn | None = None,
     ) -> DescentResult:
         """Descend from ``x0`` (B, Tp, Da) without noise or random step scale.
@@ -326,6 +327,11 @@ class EnergyDescent(torch.nn.Module):
         changed the energy by more than that fraction, then take one final step (the limits default
         to the config's). A sample that has stopped is frozen while the others continue, so each
         sample's result does not depend on its batch neighbours.
+
+        ``reject_uphill``: a sample whose energy rises from one evaluated point to the next
+        (a step that went uphill) does not take that step and stops; its result is the point
+        of lowest energy it evaluated, with that point's energy (so the energy it reports is the
+        energy of the chunk it returns). The final step is checked the same way.
 
         ``step_fn(x, v)`` replaces the eager step (:func:`inference_step` over ``energy``), e.g.
         with a compiled one; it must compute the same step.
@@ -354,6 +360,7 @@ class EnergyDescent(torch.nn.Module):
         gnorm, disp, change, e_last = inf, inf, inf, inf
         active = torch.ones(B, dtype=torch.bool, device=dev)
         shape = (B,) + (1,) * (x.dim() - 1)
+        best = _Best(x, inf) if reject_uphill else None
         for i in range(descent_steps - 1):
             if i > 0:  # before the first step every gradient norm is "infinite": no sync needed
                 active = active & (gnorm > descent_min_grad)
@@ -361,10 +368,14 @@ class EnergyDescent(torch.nn.Module):
                     active = active & (disp > min_disp)
                 if min_change > 0:
                     active = active & (change > min_change)
+                if best is not None:
+                    active = active & ~best.rose
                 if not bool(active.any()):
                     break
             x_new, v_new, e, g = step_fn(x, v)
             _check_finite(e, g, i, descent_steps)
+            if best is not None:  # a step that went uphill is not taken
+                active = best.update(active, self._look_ahead(x, v), e, g)
             if min_disp > 0:  # RMS displacement of this step, per sample
                 moved = (x_new - x).flatten(1).pow(2).mean(dim=1).sqrt().float()
                 disp = torch.where(active, moved, disp)
@@ -377,11 +388,43 @@ class EnergyDescent(torch.nn.Module):
             v = torch.where(m, v_new, v)
             gnorm = torch.where(active, g.flatten(1).norm(dim=1).float(), gnorm)
             steps = steps + active.long()
+        x_last, v_last = x, v
         x, v, e, g = step_fn(x, v)
         _check_finite(e, g, int(steps.max()), descent_steps)
-        return DescentResult(
-            chunk=x, energy=e, steps=steps + 1, grad_norm=g.flatten(1).norm(dim=1).float()
-        )
+        gnorm = g.flatten(1).norm(dim=1).float()
+        if best is not None:
+            best.update(~best.rose, self._look_ahead(x_last, v_last), e, g)
+            m = best.rose.view(shape)
+            x = torch.where(m, best.x, x)
+            e = torch.where(best.rose, best.e, e)
+            gnorm = torch.where(best.rose, best.gnorm, gnorm)
+        return DescentResult(chunk=x, energy=e, steps=steps + 1, grad_norm=gnorm)
+
+    def _look_ahead(self, x: Tensor, v: Tensor) -> Tensor:
+        """The point a step from (x, v) evaluates the energy at (as :func:`inference_step`)."""
+        cfg = self.config
+        return rms_normalize(x, cfg.rms_norm, cfg.rms_eps) + cfg.momentum * v
+
+
+class _Best:
+    """Per sample: the evaluated point of lowest energy so far, and whether its energy rose."""
+
+    def __init__(self, x: Tensor, inf: Tensor) -> None:
+        self.x = x.clone()
+        self.e = inf.clone()
+        self.gnorm = inf.clone()
+        self.rose = torch.zeros(inf.shape, dtype=torch.bool, device=inf.device)
+
+    def update(self, active: Tensor, point: Tensor, e: Tensor, g: Tensor) -> Tensor:
+        """Record ``active`` samples' energies ``e`` at ``point``; returns the samples whose
+        energy did not rise (they take their step)."""
+        rose = active & (e > self.e)
+        lower = active & ~rose
+        self.x = torch.where(lower.view(-1, *([1] * (point.dim() - 1))), point, self.x)
+        self.e = torch.where(lower, e, self.e)
+        self.gnorm = torch.where(lower, g.flatten(1).norm(dim=1).float(), self.gnorm)
+        self.rose = self.rose | rose
+        return lower
 
 
 def _check_finite(e: Tensor, g: Tensor, step: int, n_steps: int) -> None:
