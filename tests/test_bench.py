@@ -41,3 +41,27 @@ def test_bench_latency_skips_a_policy_without_the_preset(tmp_path: Path) -> None
     assert parse_batch_sizes("1,32") == (1, 32)
     with pytest.raises(ConfigError, match="--batch"):
         parse_batch_sizes("1,x")
+
+
+def test_target_lines_judge_the_engine_targets_on_this_runs_numbers() -> None:
+    from ebt_policy.bench.cli import target_lines
+    from ebt_policy.bench.latency import LatencyConfig, LatencyResult, VariantTiming
+
+    def row(name: str, p50: float, p99: float, policy: str = "ebt") -> VariantTiming:
+        return VariantTiming(name, policy, 1, p50, p99, p50, 2.0, 1, p50 / 100.0)
+
+    rows = [
+        row("EBT (2 steps)", 100.0, 150.0),
+        row("EBT compiled (whole chunk)", 40.0, 90.0),
+        row("EBT best-of-4", 10.0, 11.0),
+        row("DP-T DDPM-100", 2400.0, 2600.0, "diffusion"),
+    ]
+    lines = target_lines(LatencyResult(LatencyConfig(preset="paper"), rows, []))
+    assert "EBT (2 steps) >= 55x faster than eager DP-T DDPM-100 (batch 1): 24.0x MISS" in lines[1]
+    assert "EBT compiled (whole chunk) >= 55x" in lines[2] and "60.0x PASS" in lines[2]
+    # best-of-4 plans four candidates: not the fixed-chunk row the targets are about
+    assert not any("best-of-4 >=" in line for line in lines)
+    assert lines[-1].endswith("worst 2.25x (EBT compiled (whole chunk)) MISS")
+    small = target_lines(LatencyResult(LatencyConfig(preset="small"), rows, []))
+    assert "target (small, cpu): EBT (2 steps) chunk < 3 ms (batch 1): 100.00 ms MISS" in small
+    assert not any("paper size" in line for line in small)
