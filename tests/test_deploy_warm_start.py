@@ -14,6 +14,7 @@ from test_deploy_cli import _untrained_twogoal  # tests/ is on sys.path (rootdir
 
 from ebt_policy.cli import main as cli_main
 from ebt_policy.deploy.inference import Chunk, InferenceWorker
+from ebt_policy.errors import EbtPolicyError
 from ebt_policy.inference import shift_chunk
 
 DT = 0.02
@@ -70,6 +71,8 @@ def test_the_inference_thread_shifts_by_the_steps_between_plans(ebt_checkpoint: 
         worker.close()
     for start in starts[2:]:  # not the previous plan, shifted or not
         assert not torch.allclose(start[0], shift_chunk(chunk1, 0), atol=0.1)
+    with pytest.raises(EbtPolicyError, match="n_actions must be >= 0, got -1"):
+        engine.advance(0, -1)
     # a cold start is the row's own N(0, I) draw: RMS about 1
     assert all(0.5 < float(s.pow(2).mean().sqrt()) < 1.5 for s in (starts[0], *starts[2:]))
 
