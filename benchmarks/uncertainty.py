@@ -1,18 +1,20 @@
 """Energy as uncertainty: AUROC of the calibrated score, raw energy and raw gradient norm.
 
     OMP_NUM_THREADS=1 MUJOCO_GL=egl python benchmarks/uncertainty.py \\
-        [--lift NAME=RUN:STORE:STEPS ...] [--twogoal NAME=RUN:STORE:STEPS ...] \\
+        [--lift NAME=RUN:STORE:STEPS ...] [--pusht NAME=RUN:STORE:STEPS ...] \\
+        [--twogoal NAME=RUN:STORE:STEPS ...] \\
         [--windows 600] [--seeds 8] [--episodes 50]
 
 e.g. ``--lift new=runs/quickstart/run:runs/quickstart/demos.zarr:2`` (a run, the store it was
 trained on, the descent steps to plan with).
 
-(b) in-distribution vs perturbed observations (Lift): observation windows from the demos that
-each run's training split held out (in-distribution) and the same windows perturbed:
-``noise`` (Gaussian, 3% of each low-dim key's range), ``displaced`` (cube moved 4 cm in a random
-horizontal direction, ``object``'s cube position and gripper-to-cube vector both), ``frozen``
-(both To frames equal to the older one); noise and displacement also at 10%/10 cm and
-30%/20 cm. Each window is planned with ``--seeds`` initial noises.
+(b) in-distribution vs perturbed observations (Lift, PushT): observation windows from the demos
+that each run's training split held out (in-distribution) and the same windows perturbed:
+``noise`` (Gaussian, 3% of each low-dim key's range), ``displaced`` (the object moved in a random
+horizontal direction: Lift's cube 4 cm, ``object``'s cube position and gripper-to-cube vector
+both; PushT's T block 20 px, all its keypoints), ``frozen`` (both To frames equal to the older
+one); noise and displacement also at 10% / 10 cm / 50 px and 30% / 20 cm / 100 px.
+Each window is planned with ``--seeds`` initial noises.
 The calibration is measured first on the same held-out episodes with other noise seeds; the
 score is a monotone map of one statistic, so its AUROC equals that statistic's except for the
 ties its clamping at 0 and 1 makes.
@@ -42,9 +44,13 @@ from ebt_policy.utils import default_mujoco_gl
 
 default_mujoco_gl()
 
-# (noise as a fraction of each key's range, cube displacement in m): the issue's "a few cm and
-# a few percent" first, then larger ones to show where the scores start to respond
-SCALES = ((0.03, 0.04), (0.1, 0.1), (0.3, 0.2))
+# noise as a fraction of each key's range, and the object's displacement per task (Lift: the
+# cube, in m; PushT: the T block, in pixels of its 512-pixel workspace): the issue's "a few cm
+# and a few percent" first (4 cm of Lift's ~0.8 m table, 20 px of PushT's 512 px: 4-5% of the
+# workspace each), then larger ones to show where the scores start to respond
+NOISE_FRACTIONS = (0.03, 0.1, 0.3)
+DISPLACEMENTS = {"lift": (0.04, 0.1, 0.2), "pusht": (20.0, 50.0, 100.0)}
+DISPLACEMENT_UNITS = {"lift": "cm", "pusht": "px"}
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
@@ -71,18 +77,21 @@ def parse_run(text: str) -> tuple[str, str, str, int]:
     return name, run, store, int(steps)
 
 
-def lift_perturbations(
-    store, noise_fraction: float = 0.03, displacement_m: float = 0.04
+def perturbations(
+    task: str, store, noise_fraction: float = 0.03, displacement: float | None = None
 ) -> dict[str, Callable]:
-    """name -> obs_transform(obs, seed) -> obs, for windows of ``store``'s Lift episodes."""
+    """name -> obs_transform(obs, seed) -> obs, for windows of ``store``'s ``task`` episodes
+    (``displacement`` in the task's unit, see ``DISPLACEMENTS``; its smallest by default)."""
     from ebt_policy.datasets import compute_stats
 
+    if task not in DISPLACEMENTS:
+        raise ValueError(f"task {task!r}: perturbations exist for {sorted(DISPLACEMENTS)}")
+    if displacement is None:
+        displacement = DISPLACEMENTS[task][0]
     keys = [k for k in store.keys if k != "action" and not store.is_rgb(k)]
     stats = compute_stats(store, keys=keys, write=False)
     span = {k: np.asarray(stats[k]["max"]) - np.asarray(stats[k]["min"]) for k in keys}
-    # robosuite's gripper_to_cube_pos (object[7:10]) is eef_pos - cube_pos: check the sign
-    obj, eef = store.read("object", 0, 200), store.read("robot0_eef_pos", 0, 200)
-    sign = 1.0 if np.abs(obj[:, 7:10] - (eef - obj[:, :3])).max() < 1e-3 else -1.0
+    displace = (_lift_displacement if task == "lift" else _pusht_displacement)(store, displacement)
 
     def noise(obs: dict, seed: int) -> dict:
         rng = np.random.default_rng(seed)
@@ -91,19 +100,52 @@ def lift_perturbations(
             for k, v in obs.items()
         }
 
-    def displaced(obs: dict, seed: int) -> dict:
-        rng = np.random.default_rng(seed)
-        obj = obs["object"].copy()  # (B, To, 10)
-        angle = rng.uniform(0, 2 * np.pi, size=obj.shape[0])
-        d = displacement_m * np.stack([np.cos(angle), np.sin(angle), 0 * angle], -1)  # (B, 3)
-        obj[..., 0:3] += d[:, None].astype(obj.dtype)
-        obj[..., 7:10] -= sign * d[:, None].astype(obj.dtype)
-        return {**obs, "object": obj}
-
     def frozen(obs: dict, seed: int) -> dict:
         return {k: np.repeat(v[:, :1], v.shape[1], axis=1) for k, v in obs.items()}
 
-    return {"noise": noise, "displaced": displaced, "frozen": frozen}
+    return {"noise": noise, "displaced": displace, "frozen": frozen}
+
+
+def _random_shift(batch: int, length: float, seed: int, dims: int) -> np.ndarray:
+    """(batch, dims) shifts of ``length`` in a uniformly random horizontal direction."""
+    angle = np.random.default_rng(seed).uniform(0, 2 * np.pi, size=batch)
+    d = length * np.stack([np.cos(angle), np.sin(angle)], -1)
+    return np.concatenate([d, np.zeros((batch, dims - 2))], -1)
+
+
+def _lift_displacement(store, metres: float) -> Callable:
+    """Move the cube ``metres`` horizontally: ``object``'s cube position and gripper-to-cube
+    vector both."""
+    # robosuite's gripper_to_cube_pos (object[7:10]) is eef_pos - cube_pos: check the sign
+    obj, eef = store.read("object", 0, 200), store.read("robot0_eef_pos", 0, 200)
+    sign = 1.0 if np.abs(obj[:, 7:10] - (eef - obj[:, :3])).max() < 1e-3 else -1.0
+
+    def displaced(obs: dict, seed: int) -> dict:
+        obj = obs["object"].copy()  # (B, To, 10)
+        d = _random_shift(obj.shape[0], metres, seed, 3).astype(obj.dtype)[:, None]
+        obj[..., 0:3] += d
+        obj[..., 7:10] -= sign * d
+        return {**obs, "object": obj}
+
+    return displaced
+
+
+def _pusht_displacement(store, pixels: float) -> Callable:
+    """Move the T block ``pixels`` in the plane: every keypoint of ``block_keypoints`` (8 corners,
+    x/y interleaved) and, where present, ``block_pose``'s position, by the same vector."""
+
+    def displaced(obs: dict, seed: int) -> dict:
+        out = dict(obs)
+        kp = obs["block_keypoints"]  # (B, To, 16)
+        d = _random_shift(kp.shape[0], pixels, seed, 2).astype(kp.dtype)  # (B, 2)
+        out["block_keypoints"] = kp + np.tile(d, 8)[:, None]
+        if "block_pose" in obs:
+            pose = obs["block_pose"].copy()
+            pose[..., :2] += d[:, None]
+            out["block_pose"] = pose
+        return out
+
+    return displaced
 
 
 def scores(calibration, energy: np.ndarray, grad: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,7 +153,7 @@ def scores(calibration, energy: np.ndarray, grad: np.ndarray) -> dict[str, np.nd
     return {"score": calibration.uncertainty(energy, grad), "energy": energy, "grad_norm": grad}
 
 
-def lift_rows(spec: str, windows: int, seeds: int) -> list[list[str]]:
+def perturbation_rows(task: str, spec: str, windows: int, seeds: int) -> list[list[str]]:
     from ebt_policy import load_policy
     from ebt_policy.datasets import EpisodeStore
     from ebt_policy.policies.calibrate_cli import (
@@ -139,10 +181,12 @@ def lift_rows(spec: str, windows: int, seeds: int) -> list[list[str]]:
     base = measure()
     rows = []
     transforms = {}
-    for i, (frac, metres) in enumerate(SCALES):
-        perts = lift_perturbations(store, frac, metres)
+    unit = DISPLACEMENT_UNITS[task]
+    for i, (frac, shift) in enumerate(zip(NOISE_FRACTIONS, DISPLACEMENTS[task], strict=True)):
+        perts = perturbations(task, store, frac, shift)
         transforms[f"noise {frac:.0%}"] = perts["noise"]
-        transforms[f"displaced {metres * 100:.0f} cm"] = perts["displaced"]
+        size = shift * 100 if unit == "cm" else shift
+        transforms[f"displaced {size:.0f} {unit}"] = perts["displaced"]
         if i == 0:  # frozen frames have no scale
             transforms["frozen"] = perts["frozen"]
     for pert, transform in transforms.items():
@@ -219,19 +263,21 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lift", nargs="*", default=[], metavar="NAME=RUN:STORE:STEPS")
+    parser.add_argument("--pusht", nargs="*", default=[], metavar="NAME=RUN:STORE:STEPS")
     parser.add_argument("--twogoal", nargs="*", default=[], metavar="NAME=RUN:STORE:STEPS")
     parser.add_argument("--windows", type=int, default=600)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--episodes", type=int, default=50)
     args = parser.parse_args()
-    if not args.lift and not args.twogoal:
-        parser.error("give runs with --lift and/or --twogoal NAME=RUN:STORE:STEPS")
+    if not args.lift and not args.pusht and not args.twogoal:
+        parser.error("give runs with --lift, --pusht and/or --twogoal NAME=RUN:STORE:STEPS")
     console = Console(width=150)
     t0 = time.perf_counter()
     columns = ["run (score on, steps)", "condition", "chunks", "AUROC score", "AUROC energy"]
     columns += ["AUROC grad_norm", f"target AUROC >= {TARGET_AUROC}"]
     tables = [
         ("(b) Lift: held-out demo windows vs perturbed", args.lift, "ID / perturbed"),
+        ("(b) PushT: held-out demo windows vs perturbed", args.pusht, "ID / perturbed"),
         (
             "(a) successful vs failed episodes (--twogoal runs, any task)",
             args.twogoal,
@@ -239,12 +285,15 @@ def main() -> None:
         ),
     ]
     for title, specs, median_label in tables:
+        if not specs:
+            continue
         table = Table(title=title)
         for col in [*columns, f"median score {median_label}"]:
             table.add_column(col)
         for spec in specs:
-            if specs is args.lift:
-                rows = lift_rows(spec, args.windows, args.seeds)
+            if specs is args.lift or specs is args.pusht:
+                task = "lift" if specs is args.lift else "pusht"
+                rows = perturbation_rows(task, spec, args.windows, args.seeds)
             else:
                 rows = twogoal_rows(spec, args.episodes)
             for row in rows:

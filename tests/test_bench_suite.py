@@ -87,6 +87,20 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(tmp_path: Path) -> None:
     assert tree(out / "cells" / "twogoal" / "ebt") == ebt_before
 
 
+def test_threads_apply_to_each_cell_and_are_restored(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    run_suite(tiny_args(out, policies="mse", threads=2))
+    assert torch.get_num_threads() == 1  # the fixture's setting, back after the cell
+    result = json.loads((out / "cells" / "twogoal" / "mse" / "seed0" / "result.json").read_text())
+    assert result["train"]["threads"] == 2
+    assert "Torch threads per cell: 2." in (out / "results.md").read_text()
+    # threads are not part of the suite's identity: the finished cell is reused, not refused
+    report = run_suite(tiny_args(out, policies="mse", threads=1))
+    assert report["rows"][0]["threads"] == [2]
+    with pytest.raises(ConfigError, match="--threads: expected >= 1, got 0"):
+        tiny_args(out, threads=0)
+
+
 def test_report_only_tables_the_finished_cells_and_runs_nothing(tmp_path: Path) -> None:
     out = tmp_path / "suite"
     with pytest.raises(ConfigError, match="no suite there"):
@@ -205,7 +219,9 @@ def test_tiny_suite_on_a_local_ray_instance(tmp_path: Path) -> None:
         for policy in ("ebt", "mse"):
             cell = out / "cells" / "twogoal" / policy / "seed0"
             assert (cell / "result.json").exists()
-            pids.add(json.loads((cell / "result.json").read_text())["worker"]["pid"])
+            result = json.loads((cell / "result.json").read_text())
+            pids.add(result["worker"]["pid"])
+            assert result["train"]["threads"] == 1  # --ray-cpus-per-cell 1: one torch thread
         assert os.getpid() not in pids  # the cells ran in Ray workers, not in the driver
         report = json.loads((out / "results.json").read_text())
         assert {r["policy"] for r in report["rows"]} == {"ebt", "mse"}

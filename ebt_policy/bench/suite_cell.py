@@ -145,14 +145,29 @@ def best_of(evals: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_cell(spec: CellSpec, report: Report | None = None) -> dict[str, Any]:
-    """Train and evaluate one cell; writes and returns its result (see the module docstring)."""
+    """Train and evaluate one cell, with ``spec.threads`` torch threads (restored after); writes
+    and returns its result (see the module docstring)."""
+    import torch
+
+    report = report or (lambda text: None)
+    t0 = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    try:
+        return _run_cell(spec, report, t0)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_cell(spec: CellSpec, report: Report, t0: float) -> dict[str, Any]:
+    import torch
+
     from ebt_policy.datasets import EpisodeStore
     from ebt_policy.policies.checkpoint import read_checkpoint_config
     from ebt_policy.quickstart import _train_seconds
     from ebt_policy.utils import write_json_atomic
 
-    report = report or (lambda text: None)
-    t0 = time.perf_counter()
     steps = planned_steps(spec, report)
     run_dir = train_cell(spec, steps, report)
     run_config = json.loads((run_dir / "config.json").read_text())
@@ -180,6 +195,7 @@ def run_cell(spec: CellSpec, report: Report | None = None) -> dict[str, Any]:
             "samples_per_s": last_step * batch / train_s if train_s > 0 else None,
             "steps_per_s": last_step / train_s if train_s > 0 else None,
             "n_parameters": run_config.get("n_parameters"),
+            "threads": torch.get_num_threads(),  # this attempt's (a resumed cell: the last)
         },
         "variants": variants,
         "cell_wall_s": time.perf_counter() - t0,  # this attempt's; a reused cell keeps its own

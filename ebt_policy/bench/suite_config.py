@@ -66,6 +66,11 @@ class SuiteArgs:
     ``ddpm,diffusion-unet=ddim``."""
     workers: int = 2
     """Env processes for collection and evaluation."""
+    threads: int | None = None
+    """Torch intra-op threads of each cell's training and policy inference (recorded in each
+    cell's result; not part of the suite's identity, so a resumed suite may change it).
+    Default: torch's own (every core) with the local executor; with Ray, the CPUs a cell
+    reserves (rounded down, at least 1), so parallel cells do not oversubscribe a node."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where cells train and evaluate."""
     executor: Literal["local", "ray"] = "local"
@@ -100,6 +105,8 @@ class SuiteArgs:
             raise ConfigError(
                 f"--episodes: expected at most {EVAL_SEED_STRIDE}, got {self.episodes}"
             )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads: expected >= 1, got {self.threads}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size: expected >= 1, got {self.batch_size}")
         if self.eval_every is not None and self.eval_every < 1:
@@ -183,6 +190,7 @@ class CellSpec:
     eval_seed: int
     workers: int
     device: str
+    threads: int | None = None  # torch intra-op threads (None: leave torch's setting)
 
     @property
     def name(self) -> str:
@@ -191,7 +199,7 @@ class CellSpec:
     def identity(self) -> dict[str, Any]:
         """What the cell's result depends on (not where it runs)."""
         d = asdict(self)
-        for key in ("demos_path", "cell_dir", "workers", "device"):
+        for key in ("demos_path", "cell_dir", "workers", "device", "threads"):
             d.pop(key)
         d["variants"] = list(self.variants)
         return d
@@ -242,6 +250,10 @@ def plan_suite(args: SuiteArgs) -> SuitePlan:
     json_path = Path(args.json) if args.json is not None else out / "results.json"
     check_output_path(json_path, "file", "--json")
     check_output_path(json_path.with_suffix(".md"), "file", "--json (its .md)")
+    threads = args.threads
+    if threads is None and args.executor == "ray":
+        cpus = args.ray_cpus_per_cell if args.ray_cpus_per_cell is not None else args.workers
+        threads = max(1, int(cpus))
     identity = {
         "budget_steps": args.budget_steps,
         "budget_minutes": args.budget_minutes,
@@ -271,6 +283,7 @@ def plan_suite(args: SuiteArgs) -> SuitePlan:
             eval_seed=EVAL_SEED_BASE + EVAL_SEED_STRIDE * seed,
             workers=args.workers,
             device=device,
+            threads=threads,
         )
         for task in tasks
         for policy in policies

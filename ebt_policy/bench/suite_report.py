@@ -61,6 +61,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "batch_size": cells[0]["train"]["batch_size"],
                 "samples_per_s": _mean([c["train"]["samples_per_s"] for c in cells]),
                 "episodes": picked[0]["n_episodes"],
+                "threads": sorted({c["train"].get("threads") for c in cells} - {None}),
             })  # fmt: skip
     return rows
 
@@ -115,6 +116,12 @@ HEADERS = ["task", "policy", "preset / batch", "checkpoint @step", "success (see
            "samples/s"]  # fmt: skip
 
 
+def _threads_line(report: dict[str, Any]) -> str:
+    """ " Torch threads per cell: N." (the cells' own settings, from their results), or ""."""
+    threads = sorted({t for row in report["rows"] for t in row.get("threads", [])})
+    return f" Torch threads per cell: {', '.join(map(str, threads))}." if threads else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The suite's table as Markdown, with the command, date, machine and versions."""
     env, ident = report["environment"], report["suite"]
@@ -132,7 +139,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Budget {budget} per cell, {ident['demos']} demonstrations per task, "
         f"{ident['episodes']} evaluation episodes per checkpoint (env seeds 100000 + 10000 * seed "
-        "+ i, never used for collection); success: mean ± std over seeds.",
+        "+ i, never used for collection); success: mean ± std over seeds." + _threads_line(report),
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "|".join("---" for _ in HEADERS) + "|",
