@@ -55,8 +55,13 @@ def test_target_lines_judge_the_engine_targets_on_this_runs_numbers() -> None:
         row("EBT compiled (whole chunk)", 40.0, 90.0),
         row("EBT best-of-4", 10.0, 11.0),
         row("DP-T DDPM-100", 2400.0, 2600.0, "diffusion"),
+        row("DP-T DDPM-100 compiled", 1200.0, 1300.0, "diffusion"),
     ]
     lines = target_lines(LatencyResult(LatencyConfig(preset="paper"), rows, []))
+    both = (
+        "EBT compiled (whole chunk) >= 55x faster than DP-T DDPM-100 compiled (batch 1): 30.0x MISS"
+    )
+    assert both in lines[3]
     assert "EBT (2 steps) >= 55x faster than eager DP-T DDPM-100 (batch 1): 24.0x MISS" in lines[1]
     assert "EBT compiled (whole chunk) >= 55x" in lines[2] and "60.0x PASS" in lines[2]
     # best-of-4 plans four candidates: not the fixed-chunk row the targets are about
@@ -65,3 +70,19 @@ def test_target_lines_judge_the_engine_targets_on_this_runs_numbers() -> None:
     small = target_lines(LatencyResult(LatencyConfig(preset="small"), rows, []))
     assert "target (small, cpu): EBT (2 steps) chunk < 3 ms (batch 1): 100.00 ms MISS" in small
     assert not any("paper size" in line for line in small)
+
+
+@pytest.mark.slow
+def test_bench_latency_compiled_rows_include_compiled_baselines(tmp_path: Path) -> None:
+    """--engine --compile: compiled EBT beside DP-T and MSE with compiled networks (like for
+    like); each compiled baseline plans the same number of network evaluations."""
+    from ebt_policy.bench import LatencyConfig, run_latency
+
+    cfg = LatencyConfig(preset="tiny", batch_sizes=(1,), calls=2, warmup=1, threads=1,
+                        engine=True, compile=True)  # fmt: skip
+    result = run_latency(cfg)
+    by_name = {t.variant: t for t in result.timings}
+    for name in ("DP-T DDPM-100", "DP-T DDIM-10", "MSE (1 pass)"):
+        compiled = by_name[name + " compiled"]
+        assert compiled.steps == by_name[name].steps and compiled.gflop == by_name[name].gflop
+    assert "EBT compiled (whole chunk)" in by_name

@@ -41,7 +41,7 @@ class LatencyConfig:
     action_dim: int = 7
     threads: int | None = None  # torch CPU threads (None: torch's default)
     engine: bool = False  # also time the inference engine's options (EBT rows only)
-    compile: bool = False  # with engine: torch.compile rows (compile per batch size: minutes)
+    compile: bool = False  # torch.compile rows: EBT (with engine) and the baselines (minutes)
     gc_off: bool = False  # collect, freeze and disable Python's GC while timing (p99 study)
 
     def __post_init__(self) -> None:
@@ -154,11 +154,38 @@ def build_variants(cfg: LatencyConfig) -> tuple[list[Variant], list[str]]:
             variants.append(Variant(label, name, policy.predict_chunk, n_params(policy)))
     mse = build("mse")
     variants.append(Variant("MSE (1 pass)", "mse", mse.predict_chunk, n_params(mse)))
+    if cfg.compile:
+        variants += compiled_baselines(cfg, build, variants)
     if cfg.engine:
         from ebt_policy.bench.engine_rows import engine_variants
 
         variants += engine_variants(cfg, lambda: build("ebt"), variants[0].label, skipped)
     return variants, skipped
+
+
+def compiled_baselines(cfg: LatencyConfig, build: Callable[..., Any], eager: list[Variant]):
+    """DP-T (both samplers) and MSE with their networks under ``torch.compile``, so compiled EBT
+    has a like-for-like baseline: a diffusion policy compiles its denoiser (the sampler's loop
+    and the scheduler stay eager Python, as in Diffusion Policy's own code), the regressor its
+    whole forward. Each row's FLOPs are its eager row's (a compiled graph cannot run under the
+    FLOP counter)."""
+    from ebt_policy.bench.cli import COMPILED
+
+    out = []
+    for v in eager:
+        if not v.label.startswith(("DP-T ", "DP-MLP ", "MSE ")):
+            continue
+        if v.policy == "mse":
+            policy = build("mse")
+            policy.predict_normalized = torch.compile(policy.predict_normalized)
+        else:
+            sampler, n = v.label.split()[-1].lower().split("-")
+            policy = build(v.policy, schedule={"sampler": sampler, "sampler_steps": int(n)})
+            policy.denoiser.forward = torch.compile(policy.denoiser.forward)
+        n_params = sum(p.numel() for p in policy.parameters())
+        label = v.label + COMPILED
+        out.append(Variant(label, v.policy, policy.predict_chunk, n_params, flops_like=v.label))
+    return out
 
 
 def machine_info(device: str) -> dict[str, Any]:
