@@ -103,12 +103,16 @@ def test_compiled_paths_plan_the_eager_chunks_within_tolerance() -> None:
     noise = torch.randn(4, 16, DA, generator=torch.Generator().manual_seed(0))
     atol = COMPILED_ATOL * 2  # robot units: the action statistics span [-1, 1] -> x2
     adaptive = {"descent_steps": 6, "descent_min_grad": 1e-3}
-    for kwargs, path in (({}, "compiled_chunk"), (adaptive, "compiled")):
-        policy.set_engine(compile=True)
-        compiled = policy.predict_chunk(obs, init_chunk=noise, **kwargs)
+    cases = (({}, {}, "compiled_chunk"), (adaptive, {}, "compiled"),
+             ({}, {"best_of": 3}, "compiled_chunk"))  # fmt: skip
+    for kwargs, options, path in cases:
+        policy.set_engine(compile=True, **options)
+        gen = torch.Generator().manual_seed(1)  # best-of-K: the other candidates' noise
+        compiled = policy.predict_chunk(obs, init_chunk=noise, generator=gen, **kwargs)
         assert policy.engine.last_path == path
-        policy.set_engine()
-        eager = policy.predict_chunk(obs, init_chunk=noise, **kwargs)
+        policy.set_engine(**options)
+        gen = torch.Generator().manual_seed(1)
+        eager = policy.predict_chunk(obs, init_chunk=noise, generator=gen, **kwargs)
         np.testing.assert_allclose(compiled.chunk, eager.chunk, atol=atol, rtol=0)
         np.testing.assert_allclose(compiled.energy, eager.energy, atol=1e-5, rtol=0)
         np.testing.assert_array_equal(compiled.steps, eager.steps)

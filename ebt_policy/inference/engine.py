@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ebt_policy.errors import EbtPolicyError
 from ebt_policy.inference.cuda_graph import GraphedDescent
-from ebt_policy.inference.fixed import CompiledDescent
+from ebt_policy.inference.fixed import CompiledChunk
 from ebt_policy.inference.options import EngineOptions, check_bf16
 from ebt_policy.policies.ebt.descent import DescentResult
 from ebt_policy.policies.ebt.step import autograd_energy_grad, func_energy_grad, inference_step
@@ -54,9 +54,10 @@ class InferenceEngine:
         self._warm: dict[int, Tensor] = {}  # row -> previous chunk (Tp, Da), normalised
         self._advance: dict[int, int] = {}  # row -> the next warm start's shift (once)
         self._compiled: Any = None  # the compiled step (adaptive rules)
-        self._compiled_loops: dict[tuple, CompiledDescent] = {}  # fixed rules: the whole loop
+        self._compiled_chunks: dict[tuple, CompiledChunk] = {}  # fixed rules: encoder + loop
         self._compiled_encode: Any = None
         self._graphs: dict[tuple, GraphedDescent] = {}
+        self._params: list[Tensor] | None = None  # the policy's parameters, listed once
         self.last_path = "eager"
 
     def __deepcopy__(self, memo: dict) -> InferenceEngine:
@@ -112,14 +113,24 @@ class InferenceEngine:
                 f"rows has {len(row_ids)} entries but the observation batch is {B}"
             )
         K = opts.best_of
-        with torch.no_grad(), self._autocast():
-            context = self._encode(policy._normalize_obs(obs))
+        n, min_grad, fixed = self._rule(descent_steps, descent_min_grad)
+        nobs = policy._normalize_obs(obs)
+        # the initial draws do not depend on the context, so they may come first
         x0 = self._initial_chunks(B, row_ids, rows is not None, generator, init_chunk)
-        if K > 1:
-            # (B*K, ...): a row's K candidates are adjacent
-            context = context.repeat_interleave(K, dim=0)
-        with self._frozen():
-            result = self._descend(context, x0, descent_steps, descent_min_grad)
+        graphed = opts.cuda_graph and policy.device.type == "cuda"
+        if opts.compile and fixed and not graphed:
+            # the encoder and the whole fixed-step loop as one compiled graph
+            self.last_path = "compiled_chunk"
+            with self._frozen():
+                result = self._compiled_chunk(n, K)(nobs, x0)
+        else:
+            with torch.no_grad(), self._autocast():
+                context = self._encode(nobs)
+            if K > 1:
+                # (B*K, ...): a row's K candidates are adjacent
+                context = context.repeat_interleave(K, dim=0)
+            with self._frozen():
+                result = self._descend(context, x0, n, min_grad, fixed)
         if K > 1:
             best = result.energy.view(B, K).argmin(dim=1)  # (B,)
             idx = torch.arange(B, device=best.device) * K + best
@@ -142,17 +153,37 @@ class InferenceEngine:
             )
         return self._compiled_encode(obs)
 
-    def _descend(
-        self, context: Tensor, x0: Tensor, steps: int | None, min_grad: float | None
-    ) -> DescentResult:
-        policy, opts = self.policy, self.options
-        descent = policy.descent
-        cfg = descent.config
+    def _rule(self, steps: int | None, min_grad: float | None) -> tuple[int, float, bool]:
+        """The step cap, the gradient-norm stop, and whether the rule is a fixed step count."""
+        cfg, opts = self.policy.descent.config, self.options
         n = cfg.descent_steps if steps is None else steps
         min_grad = cfg.descent_min_grad if min_grad is None else min_grad
         # every rule but the cap needs a host decision per step; a captured graph cannot stop
         fixed = n <= 2 or (min_grad <= 0 and cfg.descent_min_disp <= 0)
         fixed = fixed and opts.min_energy_change <= 0 and not opts.reject_uphill
+        return n, min_grad, fixed
+
+    def _compiled_chunk(self, n: int, K: int) -> CompiledChunk:
+        policy = self.policy
+        key = (n, K, id(policy.descent.config), policy.training)
+        chunk = self._compiled_chunks.get(key)
+        if chunk is None:
+            autocast = self._autocast
+
+            def encode(obs: dict[str, Tensor]) -> Tensor:
+                with autocast():
+                    return policy.encode(obs, augment=False)
+
+            step = self._step_impl(func_energy_grad)
+            chunk = self._compiled_chunks[key] = CompiledChunk(encode, step, n, K)
+        return chunk
+
+    def _descend(
+        self, context: Tensor, x0: Tensor, n: int, min_grad: float, fixed: bool
+    ) -> DescentResult:
+        policy, opts = self.policy, self.options
+        descent = policy.descent
+        cfg = descent.config
         if opts.cuda_graph and context.device.type == "cuda" and fixed:
             self.last_path = "cuda_graph"
             key = (tuple(context.shape), context.dtype, tuple(x0.shape), n, id(cfg))
@@ -161,16 +192,6 @@ class InferenceEngine:
                 step = self._step_impl(autograd_energy_grad)
                 graph = self._graphs[key] = GraphedDescent(step, context, x0, n)
             return graph(context, x0)
-        if opts.compile and fixed:
-            # the whole fixed-step loop as one compiled graph: one guard check per chunk
-            self.last_path = "compiled_chunk"
-            key = (n, id(cfg))
-            loop = self._compiled_loops.get(key)
-            if loop is None:
-                loop = self._compiled_loops[key] = CompiledDescent(
-                    self._step_impl(func_energy_grad), n
-                )
-            return loop(context, x0)
         if opts.compile:
             self.last_path = "compiled"
             if self._compiled is None:
@@ -259,7 +280,9 @@ class InferenceEngine:
         if not self.options.freeze:
             yield
             return
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self._params is None:  # walking the module tree costs ~1 ms per chunk at `small`
+            self._params = list(self.policy.parameters())
+        params = [p for p in self._params if p.requires_grad]
         for p in params:
             p.requires_grad_(False)
         try:

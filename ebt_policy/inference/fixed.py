@@ -1,5 +1,6 @@
 """A fixed number of descent steps as one traced unit: captured in a CUDA graph
-(:mod:`.cuda_graph`) or compiled whole with ``torch.compile`` (:class:`CompiledDescent`).
+(:mod:`.cuda_graph`) or compiled whole, with the observation encoder, by ``torch.compile``
+(:class:`CompiledChunk`).
 
 A fixed-step descent has no data-dependent branch (no early stop), so the whole loop, not only
 one step, can be one graph: one guard check and one launch per chunk instead of one per step.
@@ -46,20 +47,38 @@ def fixed_result(
     return DescentResult(chunk=x, energy=e, steps=steps, grad_norm=gnorm)
 
 
-class CompiledDescent:
-    """``n_steps`` descent steps compiled into one graph (``torch.compile``, ``fullgraph``,
-    static shapes: each new batch shape compiles once more). ``step`` must be traceable whole
-    (its gradient a ``torch.func`` transform, not ``torch.autograd.grad``)."""
+class CompiledChunk:
+    """A whole fixed-step chunk as one compiled graph (``torch.compile``, ``fullgraph``, static
+    shapes: each new batch shape compiles once more): ``encode(obs)`` (the observation context),
+    its rows repeated ``repeats`` times (best-of-K), then ``n_steps`` descent steps. One guard
+    check and one call per chunk. ``step`` must be traceable whole (its gradient a
+    ``torch.func`` transform, not ``torch.autograd.grad``).
 
-    def __init__(self, step: Step, n_steps: int) -> None:
+    Guards on the parameters and buffers of torch's built-in modules (Linear, LayerNorm, ...)
+    are skipped (``skip_guard_on_inbuilt_nn_modules_unsafe``): their checks cost more than the
+    small presets' arithmetic, and an engine's frozen eval-mode policy does not change them;
+    the engine keys each graph on the policy's ``training`` flag, the rule and the descent
+    config, so what they would guard is in the key."""
+
+    def __init__(
+        self,
+        encode: Callable[[dict[str, Tensor]], Tensor],
+        step: Step,
+        n_steps: int,
+        repeats: int = 1,
+    ) -> None:
         self.n_steps = int(n_steps)
 
-        def loop(context: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        def plan(obs: dict[str, Tensor], x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            context = encode(obs)
+            if repeats > 1:  # (B*K, ...): a row's K candidates are adjacent
+                context = context.repeat_interleave(repeats, dim=0)
             return run_fixed_steps(step, context, x0, self.n_steps)
 
-        self._loop = torch.compile(loop, fullgraph=True, dynamic=False)
+        options = {"guard_filter_fn": torch.compiler.skip_guard_on_inbuilt_nn_modules_unsafe}
+        self._plan = torch.compile(plan, fullgraph=True, dynamic=False, options=options)
 
-    def __call__(self, context: Tensor, x0: Tensor) -> DescentResult:
+    def __call__(self, obs: dict[str, Tensor], x0: Tensor) -> DescentResult:
         with torch.no_grad():
-            x, e, gnorm, bad = self._loop(context, x0)
+            x, e, gnorm, bad = self._plan(obs, x0)
         return fixed_result(x, e, gnorm, bad, self.n_steps, "inference, compiled")
