@@ -80,6 +80,8 @@ def test_options_are_validated_by_name() -> None:
         EngineOptions(best_of=0)
     with pytest.raises(ConfigError, match="warm_noise"):
         EngineOptions(warm_noise=float("nan"))
+    with pytest.raises(ConfigError, match="cpp_wrapper needs compile=True"):
+        EngineOptions(cpp_wrapper=True)
     with pytest.raises(ConfigError, match="min_energy_change"):
         tiny_policy().set_engine(min_energy_change=-1.0)
 
@@ -103,10 +105,11 @@ def test_compiled_paths_plan_the_eager_chunks_within_tolerance() -> None:
     noise = torch.randn(4, 16, DA, generator=torch.Generator().manual_seed(0))
     atol = COMPILED_ATOL * 2  # robot units: the action statistics span [-1, 1] -> x2
     adaptive = {"descent_steps": 6, "descent_min_grad": 1e-3}
-    cases = (({}, {}, "compiled_chunk"), (adaptive, {}, "compiled"),
-             ({}, {"best_of": 3}, "compiled_chunk"))  # fmt: skip
-    for kwargs, options, path in cases:
-        policy.set_engine(compile=True, **options)
+    cases = (({}, {}, {}, "compiled_chunk"), (adaptive, {}, {}, "compiled"),
+             ({}, {"best_of": 3}, {}, "compiled_chunk"),
+             ({}, {}, {"cpp_wrapper": True}, "compiled_chunk"))  # fmt: skip
+    for kwargs, options, compile_options, path in cases:
+        policy.set_engine(compile=True, **options, **compile_options)
         gen = torch.Generator().manual_seed(1)  # best-of-K: the other candidates' noise
         compiled = policy.predict_chunk(obs, init_chunk=noise, generator=gen, **kwargs)
         assert policy.engine.last_path == path

@@ -60,6 +60,7 @@ def engine_variants(cfg: Any, build: Callable[[], Any], eager_label: str, skippe
     if cfg.compile:
         # FLOPs counted on the eager rows: a compiled graph cannot run under the FLOP counter
         add("EBT compiled (whole chunk)", flops_like=eager_label, compile=True)
+        add("EBT compiled, C++ wrapper", flops_like=eager_label, compile=True, cpp_wrapper=True)
         add("EBT adaptive, compiled step", adaptive, flops_like=ADAPTIVE_LABEL, compile=True)
     if cfg.device.startswith("cuda"):
         add("EBT CUDA graph", cuda_graph=True)

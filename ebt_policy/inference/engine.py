@@ -175,7 +175,9 @@ class InferenceEngine:
                     return policy.encode(obs, augment=False)
 
             step = self._step_impl(func_energy_grad)
-            chunk = self._compiled_chunks[key] = CompiledChunk(encode, step, n, K)
+            chunk = self._compiled_chunks[key] = CompiledChunk(
+                encode, step, n, K, cpp_wrapper=self.options.cpp_wrapper
+            )
         return chunk
 
     def _descend(

@@ -58,7 +58,8 @@ class CompiledChunk:
     are skipped (``skip_guard_on_inbuilt_nn_modules_unsafe``): their checks cost more than the
     small presets' arithmetic, and an engine's frozen eval-mode policy does not change them;
     the engine keys each graph on the policy's ``training`` flag, the rule and the descent
-    config, so what they would guard is in the key."""
+    config, so what they would guard is in the key. ``cpp_wrapper``: inductor's C++ wrapper
+    (the kernels launched from C++, not Python)."""
 
     def __init__(
         self,
@@ -66,6 +67,7 @@ class CompiledChunk:
         step: Step,
         n_steps: int,
         repeats: int = 1,
+        cpp_wrapper: bool = False,
     ) -> None:
         self.n_steps = int(n_steps)
 
@@ -75,7 +77,10 @@ class CompiledChunk:
                 context = context.repeat_interleave(repeats, dim=0)
             return run_fixed_steps(step, context, x0, self.n_steps)
 
-        options = {"guard_filter_fn": torch.compiler.skip_guard_on_inbuilt_nn_modules_unsafe}
+        options = {
+            "guard_filter_fn": torch.compiler.skip_guard_on_inbuilt_nn_modules_unsafe,
+            "cpp_wrapper": cpp_wrapper,
+        }
         self._plan = torch.compile(plan, fullgraph=True, dynamic=False, options=options)
 
     def __call__(self, obs: dict[str, Tensor], x0: Tensor) -> DescentResult:

@@ -21,6 +21,10 @@ class EngineOptions:
     plans bit for bit what the reference descent plans."""
 
     compile: bool = False  # torch.compile the descent step (first order, torch.func gradient)
+    # with compile, a fixed-step chunk's graph gets inductor's C++ wrapper instead of its Python
+    # one (fewer host instructions per kernel launch: faster small models, a longer first
+    # compile; README "Inference" has both)
+    cpp_wrapper: bool = False
     bf16: bool = False  # bfloat16 autocast for the observation encoder and energy network
     cuda_graph: bool = False  # on CUDA, replay a captured fixed-step descent (no early stop)
     # Warm start: the next chunk starts from the previous one shifted by the executed actions
@@ -43,6 +47,7 @@ class EngineOptions:
         def need(ok: bool, what: str) -> None:
             require(ok, where, what)
 
+        need(self.compile or not self.cpp_wrapper, "cpp_wrapper needs compile=True")
         need(self.best_of >= 1, f"best_of must be >= 1, got {self.best_of}")
         need(self.warm_shift >= 0, f"warm_shift must be >= 0, got {self.warm_shift}")
         for key in ("warm_noise", "min_energy_change"):
