@@ -83,11 +83,22 @@ def test_deploy_cli_plans_with_warm_start_and_best_of(ebt_checkpoint: Path, caps
     assert cli_main(argv) == 0, capsys.readouterr()
 
 
+@pytest.mark.slow  # torch.compile of the checkpoint's transformer in the warm-up plan
+def test_deploy_cli_plans_with_a_compiled_planner(ebt_checkpoint: Path, capsys) -> None:
+    argv = ["deploy", "--checkpoint", str(ebt_checkpoint), "--robot", "sim:twogoal"]
+    argv += ["--rate", "50", "--duration", "0.4", "--compile", "--cpp-wrapper"]
+    assert cli_main(argv) == 0, capsys.readouterr()
+
+
 def test_deploy_cli_refuses_warm_start_for_a_policy_without_descent(tmp_path: Path, capsys) -> None:
     mse = _untrained_twogoal("mse", tmp_path / "mse")
     argv = ["deploy", "--checkpoint", str(mse), "--robot", "sim:twogoal", "--warm-start"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--warm-start/--best-of apply to EBT policies" in err[0]
+    assert len(err) == 1 and "--warm-start/--best-of/--compile apply to EBT policies" in err[0]
     assert cli_main([*argv[:-1], "--best-of", "0"]) == 2
     assert "--best-of must be >= 1" in capsys.readouterr().err
+    assert cli_main([*argv[:-1], "--compile"]) == 2
+    assert "--warm-start/--best-of/--compile apply to EBT policies" in capsys.readouterr().err
+    assert cli_main([*argv[:-1], "--cpp-wrapper"]) == 2
+    assert "--cpp-wrapper: needs --compile" in capsys.readouterr().err

@@ -299,3 +299,10 @@ def test_eval_plans_with_warm_start_and_best_of_k(tmp_path, capsys) -> None:
     argv = [*argv[:-3], "--reject-uphill", "--descent-steps", "6"]
     assert main(argv) == 0
     assert json.loads(out.read_text())["n_chunks"] >= 6
+    base = argv[:-3]
+    assert main([*base, "--cpp-wrapper"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cpp-wrapper: needs --compile" in err[0]
+    # the compiled planner (a small MLP energy: seconds to compile) plans the same episodes
+    assert main([*base, "--compile"]) == 0
+    assert json.loads(out.read_text())["n_chunks"] >= 6

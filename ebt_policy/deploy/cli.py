@@ -21,6 +21,7 @@ from ebt_policy.errors import ConfigError, Interrupted
 __all__ = ["FAULT_EXIT", "DeployArgs", "ServerArgs", "main", "server_main"]
 
 FAULT_EXIT = 3  # a safety fault stopped the robot (not a user error, not a bug)
+COMPILE_TIMEOUT_S = 1800.0  # --compile: the warm-up plan compiles (paper size: minutes)
 
 
 @dataclass
@@ -74,6 +75,12 @@ class DeployArgs:
     since its newest frame (noise at an episode's start and for an energy re-plan)."""
     best_of: int = 1
     """EBT: descend from K initialisations per plan, keep the lowest final energy."""
+    compile: bool = False
+    """EBT: torch.compile the planner (a fixed-step chunk as one graph); the compile happens in
+    the warm-up plan before the first episode (seconds to minutes: the warm-up waits for it)."""
+    cpp_wrapper: bool = False
+    """EBT, with --compile: launch the compiled chunk from C++ (faster small models, a longer
+    first compile)."""
     obs_latency: float = 0.0
     """Simulated robots: delay every observation by this many seconds."""
     drop_prob: float = 0.0
@@ -85,6 +92,8 @@ class DeployArgs:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.best_of < 1:
             raise ConfigError(f"--best-of must be >= 1, got {self.best_of}")
+        if self.cpp_wrapper and not self.compile:
+            raise ConfigError("--cpp-wrapper: needs --compile")
         if self.duration is not None and not self.duration > 0:
             raise ConfigError(f"--duration must be > 0, got {self.duration}")
         for name in ("scale", "replan", "stop"):
@@ -208,10 +217,15 @@ def main(argv: list[str]) -> int:
     robot = make_robot(args.robot, **kwargs)
     policy = load_policy(args.checkpoint, device=device)
     # refused before the robot connects
-    if args.warm_start or args.best_of != 1:
+    if args.warm_start or args.best_of != 1 or args.compile:
         if not hasattr(policy, "set_engine"):
-            raise ConfigError(f"{args.checkpoint}: --warm-start/--best-of apply to EBT policies")
-        policy.set_engine(warm_start=args.warm_start, best_of=args.best_of)
+            raise ConfigError(
+                f"{args.checkpoint}: --warm-start/--best-of/--compile apply to EBT policies"
+            )
+        policy.set_engine(
+            warm_start=args.warm_start, best_of=args.best_of, compile=args.compile,
+            cpp_wrapper=args.cpp_wrapper,
+        )  # fmt: skip
     energy = EnergyConfig(replan_steps=args.energy_replan_steps, **_energy_thresholds(policy, args))
     status: dict[str, Any] = {"last": time.monotonic(), "ticks": 0, "latency": [], "events": 0}
 
@@ -247,6 +261,10 @@ def main(argv: list[str]) -> int:
             rate_hz = float(args.rate or robot.spec.control_hz)
             config = LoopConfig(
                 rate_hz=rate_hz,
+                # a compiled planner compiles in the warm-up plan
+                first_plan_timeout_s=(
+                    COMPILE_TIMEOUT_S if args.compile else LoopConfig.first_plan_timeout_s
+                ),
                 max_steps=int(args.duration * rate_hz) if args.duration else None,
                 energy=energy,
                 safety=SafetyConfig(

@@ -119,6 +119,12 @@ class EvalArgs:
     reject_uphill: bool = False
     """EBT inference: a chunk whose energy rises after a step stops there and keeps the
     lowest-energy point it reached."""
+    compile: bool = False
+    """EBT inference: torch.compile the planner (a fixed-step chunk as one graph; compiles once
+    per batch size, seconds to minutes)."""
+    cpp_wrapper: bool = False
+    """EBT inference, with --compile: launch the compiled chunk from C++ (faster small models,
+    a longer first compile)."""
     sampler: Literal["ddpm", "ddim"] | None = None
     """Diffusion policies: sample chunks with DDPM or DDIM (default: the checkpoint's)."""
     sampler_steps: int | None = None
@@ -201,14 +207,18 @@ def eval_main(argv: list[str]) -> int:
         policy.set_inference(
             descent_steps=args.descent_steps, descent_min_grad=args.descent_min_grad
         )
-    if args.warm_start or args.best_of != 1 or args.reject_uphill:
+    engine = dict(warm_start=args.warm_start, best_of=args.best_of,
+                  reject_uphill=args.reject_uphill, compile=args.compile,
+                  cpp_wrapper=args.cpp_wrapper)  # fmt: skip
+    if args.warm_start or args.best_of != 1 or args.reject_uphill or args.compile:
         if not hasattr(policy, "set_engine"):
             raise ConfigError(
-                f"{args.checkpoint}: --warm-start/--best-of/--reject-uphill apply to EBT policies"
+                f"{args.checkpoint}: --warm-start/--best-of/--reject-uphill/--compile apply to "
+                "EBT policies"
             )
-        policy.set_engine(
-            warm_start=args.warm_start, best_of=args.best_of, reject_uphill=args.reject_uphill
-        )
+        policy.set_engine(**engine)
+    elif args.cpp_wrapper:
+        raise ConfigError("--cpp-wrapper: needs --compile")
     if args.sampler is not None or args.sampler_steps is not None:
         if not hasattr(policy, "set_sampler"):
             raise ConfigError(
