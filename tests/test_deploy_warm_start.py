@@ -84,10 +84,24 @@ def test_deploy_cli_plans_with_warm_start_and_best_of(ebt_checkpoint: Path, caps
 
 
 @pytest.mark.slow  # torch.compile of the checkpoint's transformer in the warm-up plan
-def test_deploy_cli_plans_with_a_compiled_planner(ebt_checkpoint: Path, capsys) -> None:
+def test_deploy_cli_plans_with_a_compiled_planner(
+    ebt_checkpoint: Path, capsys, monkeypatch
+) -> None:
     argv = ["deploy", "--checkpoint", str(ebt_checkpoint), "--robot", "sim:twogoal"]
+    from ebt_policy.inference import engine as engine_module
+
+    built = []
+    original = engine_module.InferenceEngine._compiled_chunk
+
+    def recording(self, n, K):  # the compiled graph the planner used
+        chunk = original(self, n, K)
+        built.append(chunk)
+        return chunk
+
+    monkeypatch.setattr(engine_module.InferenceEngine, "_compiled_chunk", recording)
     argv += ["--rate", "50", "--duration", "0.4", "--compile", "--cpp-wrapper"]
     assert cli_main(argv) == 0, capsys.readouterr()
+    assert built and all(chunk.cpp_wrapper for chunk in built)
 
 
 def test_deploy_cli_refuses_warm_start_for_a_policy_without_descent(tmp_path: Path, capsys) -> None:

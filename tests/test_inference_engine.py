@@ -113,6 +113,9 @@ def test_compiled_paths_plan_the_eager_chunks_within_tolerance() -> None:
         gen = torch.Generator().manual_seed(1)  # best-of-K: the other candidates' noise
         compiled = policy.predict_chunk(obs, init_chunk=noise, generator=gen, **kwargs)
         assert policy.engine.last_path == path
+        if path == "compiled_chunk":
+            (chunk,) = policy.engine._compiled_chunks.values()
+            assert chunk.cpp_wrapper == compile_options.get("cpp_wrapper", False)
         policy.set_engine(**options)
         gen = torch.Generator().manual_seed(1)
         eager = policy.predict_chunk(obs, init_chunk=noise, generator=gen, **kwargs)
@@ -304,5 +307,11 @@ def test_eval_plans_with_warm_start_and_best_of_k(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cpp-wrapper: needs --compile" in err[0]
     # the compiled planner (a small MLP energy: seconds to compile) plans the same episodes
-    assert main([*base, "--compile"]) == 0
-    assert json.loads(out.read_text())["n_chunks"] >= 6
+    assert main([*argv, "--compile"]) == 0
+    result = json.loads(out.read_text())
+    assert result["n_chunks"] >= 6
+    assert result["planner"]["compile"] and not result["planner"]["cpp_wrapper"]
+    # --reject-uphill with 6 steps is an adaptive rule: the compiled step in the Python loop
+    assert result["planner"]["last_path"] == "compiled"
+    assert main([*base, "--compile"]) == 0  # the checkpoint's fixed 2 steps
+    assert json.loads(out.read_text())["planner"]["last_path"] == "compiled_chunk"

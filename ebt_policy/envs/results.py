@@ -98,6 +98,8 @@ class EvalResult:
     wall_time_s: float
     env_steps: int
     predict_latencies_s: list[float]  # one per predict_chunk call
+    # how an EBT policy's engine planned: its options and the path of its last call
+    planner: dict[str, Any] | None = None
 
     @property
     def n_episodes(self) -> int:
@@ -144,6 +146,7 @@ class EvalResult:
             "policy": self.policy,
             "seed": self.seed,
             "workers": self.workers,
+            "planner": self.planner,
             **self.aggregates(),
             "episodes": [asdict(e) for e in self.episodes],
         }

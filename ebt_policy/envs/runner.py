@@ -17,6 +17,7 @@ seeded noise) follows its slot and results do not depend on how many workers run
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping
@@ -289,7 +290,16 @@ def evaluate(policy: Policy, config: EvalConfig) -> EvalResult:
         wall_time_s=time.perf_counter() - t_start,
         env_steps=env_steps,
         predict_latencies_s=latencies,
+        planner=_planner(policy),
     )
     if cfg.json_path is not None:
         result.write_json(cfg.json_path)
     return result
+
+
+def _planner(policy: Any) -> dict[str, Any] | None:
+    """An EBT policy's engine options and the path its last plan took (None for others)."""
+    engine = getattr(policy, "__dict__", {}).get("_engine")
+    if engine is None:
+        return None
+    return {**dataclasses.asdict(engine.options), "last_path": engine.last_path}

@@ -165,7 +165,9 @@ class InferenceEngine:
 
     def _compiled_chunk(self, n: int, K: int) -> CompiledChunk:
         policy = self.policy
-        key = (n, K, id(policy.descent.config), policy.training)
+        # the config's values, not its identity: set_inference makes a new config object with
+        # every call (the deploy loop's energy re-plans do, twice per re-plan)
+        key = (n, K, repr(policy.descent.config), policy.training)
         chunk = self._compiled_chunks.get(key)
         if chunk is None:
             autocast = self._autocast

@@ -52,14 +52,12 @@ class CompiledChunk:
     shapes: each new batch shape compiles once more): ``encode(obs)`` (the observation context),
     its rows repeated ``repeats`` times (best-of-K), then ``n_steps`` descent steps. One guard
     check and one call per chunk. ``step`` must be traceable whole (its gradient a
-    ``torch.func`` transform, not ``torch.autograd.grad``).
+    ``torch.func`` transform, not ``torch.autograd.grad``). ``cpp_wrapper``: inductor's C++
+    wrapper (the kernels launched from C++, not Python).
 
-    Guards on the parameters and buffers of torch's built-in modules (Linear, LayerNorm, ...)
-    are skipped (``skip_guard_on_inbuilt_nn_modules_unsafe``): their checks cost more than the
-    small presets' arithmetic, and an engine's frozen eval-mode policy does not change them;
-    the engine keys each graph on the policy's ``training`` flag, the rule and the descent
-    config, so what they would guard is in the key. ``cpp_wrapper``: inductor's C++ wrapper
-    (the kernels launched from C++, not Python)."""
+    Dynamo keeps one cache for ``plan``'s code, shared by every engine in the process, and by
+    default recompiles at most 8 times for it (each batch shape is one); past that it runs
+    ``plan`` eagerly (same results, slower)."""
 
     def __init__(
         self,
@@ -70,6 +68,7 @@ class CompiledChunk:
         cpp_wrapper: bool = False,
     ) -> None:
         self.n_steps = int(n_steps)
+        self.cpp_wrapper = cpp_wrapper
 
         def plan(obs: dict[str, Tensor], x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             context = encode(obs)
@@ -77,10 +76,7 @@ class CompiledChunk:
                 context = context.repeat_interleave(repeats, dim=0)
             return run_fixed_steps(step, context, x0, self.n_steps)
 
-        options = {
-            "guard_filter_fn": torch.compiler.skip_guard_on_inbuilt_nn_modules_unsafe,
-            "cpp_wrapper": cpp_wrapper,
-        }
+        options = {"cpp_wrapper": cpp_wrapper}
         self._plan = torch.compile(plan, fullgraph=True, dynamic=False, options=options)
 
     def __call__(self, obs: dict[str, Tensor], x0: Tensor) -> DescentResult:
