@@ -70,7 +70,8 @@ class SuiteArgs:
     """Torch intra-op threads of each cell's training and policy inference (recorded in each
     cell's result; not part of the suite's identity, so a resumed suite may change it).
     Default: torch's own (every core) with the local executor; with Ray, the CPUs a cell
-    reserves (rounded down, at least 1), so parallel cells do not oversubscribe a node."""
+    reserves (rounded down, at least 1), so parallel cells' torch pools do not oversubscribe a
+    node (the evaluation's --workers env processes come on top)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where cells train and evaluate."""
     executor: Literal["local", "ray"] = "local"
