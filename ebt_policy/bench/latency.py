@@ -120,6 +120,7 @@ def build_variants(cfg: LatencyConfig) -> tuple[list[Variant], list[str]]:
 
     meta, stats = _shape_meta_and_stats(cfg)
     variants: list[Variant] = []
+    compiled: list[Variant] = []  # --compile: the baselines with compiled networks
     skipped: list[str] = []
 
     def build(name: str, **overrides: Any) -> Any:
@@ -149,13 +150,16 @@ def build_variants(cfg: LatencyConfig) -> tuple[list[Variant], list[str]]:
         if getattr(preset.policy, "denoiser", None) == "mlp":
             short = "DP-MLP"  # the mlp preset's denoiser is an MLP, not a transformer
         for sampler, n in (("ddpm", 100), ("ddim", 10)):
-            policy = build(name, schedule={"sampler": sampler, "sampler_steps": n})
+            schedule = {"sampler": sampler, "sampler_steps": n}
+            policy = build(name, schedule=schedule)
             label = f"{short} {sampler.upper()}-{n}"
             variants.append(Variant(label, name, policy.predict_chunk, n_params(policy)))
+            if cfg.compile and name == "diffusion":  # the transformer (or MLP) denoiser
+                compiled.append(compiled_variant(label, name, build(name, schedule=schedule)))
     mse = build("mse")
     variants.append(Variant("MSE (1 pass)", "mse", mse.predict_chunk, n_params(mse)))
     if cfg.compile:
-        variants += compiled_baselines(cfg, build, variants)
+        variants += [*compiled, compiled_variant("MSE (1 pass)", "mse", build("mse"))]
     if cfg.engine:
         from ebt_policy.bench.engine_rows import engine_variants
 
@@ -163,29 +167,20 @@ def build_variants(cfg: LatencyConfig) -> tuple[list[Variant], list[str]]:
     return variants, skipped
 
 
-def compiled_baselines(cfg: LatencyConfig, build: Callable[..., Any], eager: list[Variant]):
-    """DP-T (both samplers) and MSE with their networks under ``torch.compile``, so compiled EBT
-    has a like-for-like baseline: a diffusion policy compiles its denoiser (the sampler's loop
-    and the scheduler stay eager Python, as in Diffusion Policy's own code), the regressor its
-    whole forward. Each row's FLOPs are its eager row's (a compiled graph cannot run under the
-    FLOP counter)."""
+def compiled_variant(label: str, name: str, policy: Any) -> Variant:
+    """``policy`` (a fresh copy of row ``label``'s) with its network under ``torch.compile``, so
+    compiled EBT has a like-for-like baseline: a diffusion policy compiles its denoiser (the
+    sampler's loop and the scheduler stay eager Python, as in Diffusion Policy's own code), the
+    regressor its whole forward. FLOPs are the eager row's (a compiled graph cannot run under
+    the FLOP counter)."""
     from ebt_policy.bench.cli import COMPILED
 
-    out = []
-    for v in eager:
-        if not v.label.startswith(("DP-T ", "DP-MLP ", "MSE ")):
-            continue
-        if v.policy == "mse":
-            policy = build("mse")
-            policy.predict_normalized = torch.compile(policy.predict_normalized)
-        else:
-            sampler, n = v.label.split()[-1].lower().split("-")
-            policy = build(v.policy, schedule={"sampler": sampler, "sampler_steps": int(n)})
-            policy.denoiser.forward = torch.compile(policy.denoiser.forward)
-        n_params = sum(p.numel() for p in policy.parameters())
-        label = v.label + COMPILED
-        out.append(Variant(label, v.policy, policy.predict_chunk, n_params, flops_like=v.label))
-    return out
+    if name == "mse":
+        policy.predict_normalized = torch.compile(policy.predict_normalized)
+    else:
+        policy.denoiser.forward = torch.compile(policy.denoiser.forward)
+    n_params = sum(p.numel() for p in policy.parameters())
+    return Variant(label + COMPILED, name, policy.predict_chunk, n_params, flops_like=label)
 
 
 def machine_info(device: str) -> dict[str, Any]:

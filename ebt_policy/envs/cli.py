@@ -135,6 +135,8 @@ class EvalArgs:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.cpp_wrapper and not self.compile:
+            raise ConfigError("--cpp-wrapper: needs --compile")
 
 
 def checkpoint_metadata(checkpoint: Path) -> dict[str, Any] | None:
@@ -207,18 +209,16 @@ def eval_main(argv: list[str]) -> int:
         policy.set_inference(
             descent_steps=args.descent_steps, descent_min_grad=args.descent_min_grad
         )
-    engine = dict(warm_start=args.warm_start, best_of=args.best_of,
-                  reject_uphill=args.reject_uphill, compile=args.compile,
-                  cpp_wrapper=args.cpp_wrapper)  # fmt: skip
     if args.warm_start or args.best_of != 1 or args.reject_uphill or args.compile:
         if not hasattr(policy, "set_engine"):
             raise ConfigError(
                 f"{args.checkpoint}: --warm-start/--best-of/--reject-uphill/--compile apply to "
                 "EBT policies"
             )
-        policy.set_engine(**engine)
-    elif args.cpp_wrapper:
-        raise ConfigError("--cpp-wrapper: needs --compile")
+        policy.set_engine(
+            warm_start=args.warm_start, best_of=args.best_of, reject_uphill=args.reject_uphill,
+            compile=args.compile, cpp_wrapper=args.cpp_wrapper,
+        )  # fmt: skip
     if args.sampler is not None or args.sampler_steps is not None:
         if not hasattr(policy, "set_sampler"):
             raise ConfigError(

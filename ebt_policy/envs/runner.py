@@ -299,7 +299,7 @@ def evaluate(policy: Policy, config: EvalConfig) -> EvalResult:
 
 def _planner(policy: Any) -> dict[str, Any] | None:
     """An EBT policy's engine options and the path its last plan took (None for others)."""
-    engine = getattr(policy, "__dict__", {}).get("_engine")
+    engine = getattr(policy, "engine", None)
     if engine is None:
         return None
     return {**dataclasses.asdict(engine.options), "last_path": engine.last_path}
