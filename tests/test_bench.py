@@ -43,6 +43,23 @@ def test_bench_latency_skips_a_policy_without_the_preset(tmp_path: Path) -> None
         parse_batch_sizes("1,x")
 
 
+def test_bench_latency_only_times_the_matching_rows_and_keeps_the_reference(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "latency.json"
+    argv = ["bench", "latency", "--preset", "tiny", "--batch", "1", "--calls", "1", "--warmup", "0"]
+    argv += ["--threads", "1", "--engine", "--only", "EBT best-of-*", "DP-T DDIM*"]
+    assert main([*argv, "--json", str(out)]) == 0
+    timings = json.loads(out.read_text())["timings"]
+    assert [t["variant"] for t in timings] == [
+        "EBT (2 steps)", "DP-T DDIM-10", "EBT best-of-4", "EBT best-of-16",
+    ]  # fmt: skip
+    assert timings[0]["ratio_to_ebt"] == 1.0 and all(t["gflop"] > 0 for t in timings)
+    assert main(["bench", "latency", "--preset", "tiny", "--calls", "1", "--only", "DDPM"]) == 2
+    err = capsys.readouterr().err
+    assert "--only 'DDPM': matches no variant" in err and "DP-T DDPM-100" in err
+
+
 def test_target_lines_judge_the_engine_targets_on_this_runs_numbers() -> None:
     from ebt_policy.bench.cli import target_lines
     from ebt_policy.bench.latency import LatencyConfig, LatencyResult, VariantTiming

@@ -5,6 +5,7 @@ Usage::
 
     ebt-policy bench latency [--preset tiny] [--device cpu|cuda] [--batch 1,32] [--calls 200]
         [--warmup 10] [--threads N] [--json FILE] [--engine [--compile]] [--gc-off]
+        [--only PATTERN ...]
     ebt-policy bench suite --tasks lift,twogoal --policies ebt,mse --budget-steps N
         [--seeds 3] [--episodes 50] [--demos 100] [--preset P] [--out DIR] [--json FILE] ...
 """
@@ -52,6 +53,10 @@ class LatencyArgs:
     baselines (each compiles once per batch size: minutes on a CPU)."""
     gc_off: bool = False
     """Collect, freeze and disable Python's garbage collector while timing."""
+    only: tuple[str, ...] = ()
+    """Time only the variants whose label matches one of these patterns (fnmatch, e.g.
+    'EBT compiled*' 'DP-T DDIM*'); EBT at the preset's steps is always kept (the ratios'
+    reference)."""
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -175,6 +180,7 @@ def latency_main(argv: list[str]) -> int:
         preset=args.preset, device=args.device, batch_sizes=parse_batch_sizes(args.batch),
         calls=args.calls, warmup=args.warmup, obs_dim=args.obs_dim, action_dim=args.action_dim,
         threads=args.threads, engine=args.engine, compile=args.compile, gc_off=args.gc_off,
+        only=tuple(args.only),
     )  # fmt: skip
     console = Console(stderr=True)
     with console.status("building policies") as status:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import gc
 import os
 import platform
@@ -43,6 +44,9 @@ class LatencyConfig:
     engine: bool = False  # also time the inference engine's options (EBT rows only)
     compile: bool = False  # torch.compile rows: EBT (with engine) and the baselines (minutes)
     gc_off: bool = False  # collect, freeze and disable Python's GC while timing (p99 study)
+    # fnmatch patterns over the variant labels: time only the matching rows (the EBT row at the
+    # preset's steps is always kept: it is every ratio's reference). Empty: every row.
+    only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.calls < 1 or self.warmup < 0:
@@ -205,6 +209,9 @@ def run_latency(cfg: LatencyConfig, progress: Callable[[str], None] | None = Non
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {cfg.device!r}: CUDA is not available")
     variants, skipped = build_variants(cfg)
+    counted = {v.label: v for v in variants}  # a kept row may count FLOPs on a dropped one
+    variants = select_variants(variants, cfg.only)
+    need = {v.flops_like or v.label for v in variants}
     rng = np.random.default_rng(0)
     timings: list[VariantTiming] = []
     for B in cfg.batch_sizes:
@@ -213,7 +220,7 @@ def run_latency(cfg: LatencyConfig, progress: Callable[[str], None] | None = Non
         for variant in variants:
             for _ in range(cfg.warmup):
                 variant.plan(obs)
-        flops = {v.label: count_flops(v.plan, obs) for v in variants if v.flops_like is None}
+        flops = {label: count_flops(counted[label].plan, obs) for label in need}
         times: list[list[float]] = [[] for _ in variants]
         steps: list[list[float]] = [[] for _ in variants]
         with _gc_paused(cfg.gc_off):
@@ -243,6 +250,22 @@ def run_latency(cfg: LatencyConfig, progress: Callable[[str], None] | None = Non
         for t in timings[-len(variants) :]:
             t.ratio_to_ebt = t.p50_ms / ebt_p50
     return LatencyResult(cfg, timings, skipped, machine_info(cfg.device))
+
+
+def select_variants(variants: list[Variant], patterns: tuple[str, ...]) -> list[Variant]:
+    """The variants whose label matches one of ``patterns`` (fnmatch), the first (EBT at the
+    preset's steps, every ratio's reference) always; a pattern that matches nothing is an error."""
+    if not patterns:
+        return variants
+    labels = [v.label for v in variants]
+    for pattern in patterns:
+        if not fnmatch.filter(labels, pattern):
+            raise ConfigError(
+                f"--only {pattern!r}: matches no variant; the variants are: {', '.join(labels)}"
+            )
+    return [variants[0]] + [
+        v for v in variants[1:] if any(fnmatch.fnmatchcase(v.label, p) for p in patterns)
+    ]
 
 
 def count_flops(plan: Callable[[dict[str, np.ndarray]], Any], obs: dict[str, np.ndarray]) -> float:
