@@ -259,7 +259,7 @@ def select_variants(variants: list[Variant], patterns: tuple[str, ...]) -> list[
         return variants
     labels = [v.label for v in variants]
     for pattern in patterns:
-        if not fnmatch.filter(labels, pattern):
+        if not any(fnmatch.fnmatchcase(label, pattern) for label in labels):
             raise ConfigError(
                 f"--only {pattern!r}: matches no variant; the variants are: {', '.join(labels)}"
             )
