@@ -271,3 +271,18 @@ def test_time_left_sums_each_pending_cell_at_its_policys_pace(tmp_path: Path) ->
     # ebt 100 + mse 10 + diffusion at the mean of every finished cell (55)
     assert display.estimate_s() == pytest.approx(165.0)
     assert Display(pending, len(cells), []).estimate_s() is None  # nothing measured yet: "?"
+
+
+def test_progress_prints_each_stage_as_a_line_without_a_terminal(tmp_path: Path, capsys) -> None:
+    from ebt_policy.bench.suite_config import plan_suite
+    from ebt_policy.bench.suite_progress import Display
+
+    cells = plan_suite(tiny_args(tmp_path / "s", policies="ebt,mse", seeds=1)).cells
+    with Display(cells, len(cells), []) as display:  # pytest's stderr is not a terminal
+        display.start(cells[0])("train")
+        display.done(cells[0])
+        display.start(cells[1])("eval step_20")
+    err = capsys.readouterr().err
+    assert f"[0/2 done, left ?] {cells[0].name}: train" in err
+    assert f"done 1/2 {cells[0].name}" in err
+    assert "[1/2 done, left ~" in err and f"{cells[1].name}: eval step_20" in err

@@ -96,8 +96,13 @@ class Display:
         return "?" if eta is None else f"~{eta / 60:.1f} min"
 
     def stage(self, text: str) -> None:
-        """Show ``text`` as what runs now (and refresh the estimate)."""
-        self.progress.update(self.task_id, description=text, eta=self._eta_text())
+        """Show ``text`` as what runs now (and refresh the estimate). Without a terminal (a log
+        file) rich draws nothing until the end, so each stage is also printed as a line there."""
+        eta = self._eta_text()
+        self.progress.update(self.task_id, description=text, eta=eta)
+        if not self.progress.console.is_terminal:
+            done = self.total - len(self.remaining)
+            self.progress.console.print(f"[{done}/{self.total} done, left {eta}] {text}")
 
     def start(self, spec: CellSpec | None = None) -> Callable[[str], None]:
         """Mark ``spec`` as running (None: cells started elsewhere); returns a stage callback."""
