@@ -299,6 +299,13 @@ def test_eval_plans_with_warm_start_and_best_of_k(tmp_path, capsys) -> None:
     assert json.loads(out.read_text())["n_chunks"] >= 6  # 3 chunks per episode, 2 episodes
     assert main([*argv, "--best-of", "0"]) == 2
     assert "best_of must be >= 1" in capsys.readouterr().err
+    # the energy-change stop reaches the engine (recorded in the result) and stops rows early
+    argv_change = [*argv[:-3], "--descent-steps", "20", "--min-energy-change", "0.5"]
+    assert main(argv_change) == 0
+    result = json.loads(out.read_text())
+    assert result["planner"]["min_energy_change"] == 0.5 and result["mean_descent_steps"] < 20
+    assert main([*argv_change[:-1], "-1"]) == 2
+    assert "min_energy_change must be >= 0" in capsys.readouterr().err
     argv = [*argv[:-3], "--reject-uphill", "--descent-steps", "6"]
     assert main(argv) == 0
     assert json.loads(out.read_text())["n_chunks"] >= 6

@@ -119,6 +119,9 @@ class EvalArgs:
     reject_uphill: bool = False
     """EBT inference: a chunk whose energy rises after a step stops there and keeps the
     lowest-energy point it reached."""
+    min_energy_change: float = 0.0
+    """EBT inference: also stop a sample's descent once a step changes its energy by less than
+    this fraction (|dE| / |E|; 0: off; with --descent-steps 20, an adaptive rule)."""
     compile: bool = False
     """EBT inference: torch.compile the planner (a fixed-step chunk as one graph; compiles once
     per batch size, seconds to minutes)."""
@@ -209,15 +212,17 @@ def eval_main(argv: list[str]) -> int:
         policy.set_inference(
             descent_steps=args.descent_steps, descent_min_grad=args.descent_min_grad
         )
-    if args.warm_start or args.best_of != 1 or args.reject_uphill or args.compile:
+    engine_flags = (args.warm_start, args.best_of != 1, args.reject_uphill, args.compile)
+    if any(engine_flags) or args.min_energy_change != 0.0:
         if not hasattr(policy, "set_engine"):
             raise ConfigError(
-                f"{args.checkpoint}: --warm-start/--best-of/--reject-uphill/--compile apply to "
-                "EBT policies"
+                f"{args.checkpoint}: --warm-start/--best-of/--reject-uphill/--min-energy-change/"
+                "--compile apply to EBT policies"
             )
         policy.set_engine(
             warm_start=args.warm_start, best_of=args.best_of, reject_uphill=args.reject_uphill,
-            compile=args.compile, cpp_wrapper=args.cpp_wrapper,
+            min_energy_change=args.min_energy_change, compile=args.compile,
+            cpp_wrapper=args.cpp_wrapper,
         )  # fmt: skip
     if args.sampler is not None or args.sampler_steps is not None:
         if not hasattr(policy, "set_sampler"):
