@@ -106,6 +106,16 @@ def test_presets():
     assert (reference.objective, reference.rms_norm, reference.train_steps_base) == (
         "mse", "sample", 3,
     )  # fmt: skip
+    tiny_cfg, tiny_ref = (
+        make_policy_config("ebt", "tiny"),
+        make_policy_config("ebt", "tiny-reference"),
+    )
+    assert (tiny_cfg.descent.objective, tiny_cfg.descent.rms_norm) == ("energy_score", "none")
+    assert (tiny_ref.descent.objective, tiny_ref.descent.rms_norm) == ("mse", "sample")
+    assert (tiny_ref.d_model, tiny_ref.n_energy_layers) == (
+        tiny_cfg.d_model,
+        tiny_cfg.n_energy_layers,
+    )
     small = make_policy_config("ebt", "small", descent={"descent_steps": 20})
     assert small.descent.descent_steps == 20
 
