@@ -7,7 +7,8 @@ RUN is a run directory (``ebt-policy train --out``) or a quickstart ``--out`` (i
 Each setting is ``STEPS`` (exactly that many descent steps) or ``STEPS:MIN_GRAD`` (the adaptive
 rule: a sample stops early once its gradient norm falls below MIN_GRAD). Every setting of a run
 is evaluated on the same seeded episodes (seeds 100000 + i by default) with the same initial
-noise, so the rows differ only by the stopping rule. Prints one table measured on this run.
+noise, so the rows differ only by the stopping rule. Prints one table measured on this run (with
+pusht's mean max coverage where the task reports one).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main() -> None:
     table = Table(title=f"Success vs inference descent steps ({args.episodes} episodes each)")
     for col in ("run", "trained N", "descent steps", "min grad", "success", "mean steps"):
         table.add_column(col, justify="right" if col != "run" else "left")
-    for col in ("latency p50 ms", "energy range"):
+    for col in ("mean coverage", "latency p50 ms", "energy range"):
         table.add_column(col, justify="right")
     for path in args.runs:
         rd = run_dir(path)
@@ -74,6 +75,7 @@ def main() -> None:
                 "-" if min_grad is None else f"{min_grad:g}",
                 f"{result.success_rate:.0%} ({agg['n_success']}/{result.n_episodes})",
                 f"{agg['mean_descent_steps']:.2f}",
+                "-" if agg["mean_coverage"] is None else f"{agg['mean_coverage']:.3f}",
                 f"{agg['latency_p50_ms']:.2f}",
                 f"{agg['energy_min']:.3f} .. {agg['energy_max']:.3f}",
             )
