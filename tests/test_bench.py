@@ -9,6 +9,10 @@ import pytest
 
 from ebt_policy.cli import main
 from ebt_policy.errors import ConfigError
+from ebt_policy.policies import get_preset
+
+# the EBT row names follow the preset's inference steps
+TINY_STEPS = get_preset("ebt", "tiny").policy.descent.descent_steps
 
 
 def test_bench_latency_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -21,11 +25,11 @@ def test_bench_latency_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     assert result["random_weights"] is True
     variants = [t["variant"] for t in result["timings"] if t["batch"] == 1]
     assert variants == [
-        "EBT (2 steps)", "EBT adaptive 20:1e-3", "DP-T DDPM-100", "DP-T DDIM-10",
+        f"EBT ({TINY_STEPS} steps)", "EBT adaptive 20:1e-3", "DP-T DDPM-100", "DP-T DDIM-10",
         "DP-UNet DDPM-100", "DP-UNet DDIM-10", "MSE (1 pass)",
     ]  # fmt: skip
     by_name = {(t["variant"], t["batch"]): t for t in result["timings"]}
-    assert by_name[("EBT (2 steps)", 2)]["ratio_to_ebt"] == 1.0
+    assert by_name[(f"EBT ({TINY_STEPS} steps)", 2)]["ratio_to_ebt"] == 1.0
     assert by_name[("DP-T DDPM-100", 1)]["steps"] == 100.0
     assert all(t["p99_ms"] >= t["p50_ms"] > 0 for t in result["timings"])
 
@@ -52,7 +56,7 @@ def test_bench_latency_only_times_the_matching_rows_and_keeps_the_reference(
     assert main([*argv, "--json", str(out)]) == 0
     timings = json.loads(out.read_text())["timings"]
     assert [t["variant"] for t in timings] == [
-        "EBT (2 steps)", "DP-T DDIM-10", "EBT best-of-4", "EBT best-of-16",
+        f"EBT ({TINY_STEPS} steps)", "DP-T DDIM-10", "EBT best-of-4", "EBT best-of-16",
     ]  # fmt: skip
     assert timings[0]["ratio_to_ebt"] == 1.0 and all(t["gflop"] > 0 for t in timings)
     assert main(["bench", "latency", "--preset", "tiny", "--calls", "1", "--only", "DDPM"]) == 2

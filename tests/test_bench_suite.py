@@ -18,6 +18,10 @@ from ebt_policy.bench.suite_config import SuiteArgs
 from ebt_policy.cli import main as cli_main
 from ebt_policy.datasets import EpisodeStore
 from ebt_policy.errors import ConfigError
+from ebt_policy.policies import get_preset
+
+# the EBT row names follow the preset's inference steps
+TINY_STEPS = get_preset("ebt", "tiny").policy.descent.descent_steps
 
 TINY = dict(tasks="twogoal", budget_steps=20, eval_every=10, seeds=1, episodes=2, demos=6,
             preset="tiny", workers=1, device="cpu")  # fmt: skip
@@ -53,7 +57,7 @@ def test_tiny_suite_writes_json_and_markdown_with_every_cell(tmp_path: Path) -> 
         assert 0.0 <= row["success_mean"] <= 1.0
         assert row["latency_p50_ms"] > 0 and row["samples_per_s"] > 0
         assert row["train_steps"] == 20
-        assert row["inference_steps"] == (2.0 if policy == "ebt" else 1.0)  # tiny: 2 descent steps
+        assert row["inference_steps"] == (TINY_STEPS if policy == "ebt" else 1.0)
         if which == "last":
             assert row["steps"] == [20]
     for policy in ("ebt", "mse"):

@@ -84,7 +84,9 @@ def test_presets_hold_the_training_recipes_train_config_resolves() -> None:
 def test_nested_overrides_keep_the_presets_other_descent_fields() -> None:
     cfg = make_policy_config("ebt", "tiny", descent={"descent_steps": 20}, d_model=32)
     assert cfg.descent.descent_steps == 20 and cfg.d_model == 32
-    assert (cfg.descent.train_steps_base, cfg.descent.train_steps_extra) == (3, 1)  # tiny's
+    tiny = get_preset("ebt", "tiny").policy.descent
+    assert cfg.descent.objective == tiny.objective == "energy_score"  # tiny's, kept
+    assert (cfg.descent.train_steps_base, cfg.descent.train_steps_extra) == (2, 3)
     whole = make_policy_config("ebt", "tiny", descent=DescentConfig(alpha=5.0))
     assert whole.descent == DescentConfig(alpha=5.0)
     # configs are copies: changing one leaves the preset alone

@@ -40,6 +40,7 @@ EBT_PRESETS: dict[str, Preset] = {
             descent=DescentConfig(
                 train_steps_base=2, train_steps_extra=3, objective="energy_score",
                 eqm_weight=1.0, rms_norm="none", step_scale="fixed",
+                descent_steps=3, descent_min_grad=0.0,  # exactly 3 (module docstring)
             ),
         ),
         train=TrainRecipe(lr=1e-3, warmup_steps=50, batch_size=32),
