@@ -52,7 +52,8 @@ class QuickstartArgs:
     """Where to train and run the policy."""
     descent_steps: int | None = None
     """Energy-descent steps per planned chunk at evaluation; None: the checkpoint's own (the
-    presets plan with 2). Changing it re-evaluates a finished run without training again."""
+    presets plan with 2, ``tiny`` with 3). Changing it re-evaluates a finished run without
+    training again."""
     workers: int = 2
     """Processes for collection and evaluation."""
     seed: int = 0
