@@ -32,30 +32,47 @@ from ebt_policy.policies.ebt.configuration import EBTPolicyConfig
 from ebt_policy.policies.ebt.descent import DescentConfig
 from ebt_policy.policies.factory import Preset, TrainRecipe
 
+# The new recipe's descent settings (energy score + EqM, no per-step normalisation, a fixed step
+# size, trained at depths 2..5), shared by every preset that uses it.
+_ES_EQM = dict(
+    train_steps_base=2,
+    train_steps_extra=3,
+    objective="energy_score",
+    eqm_weight=1.0,
+    rms_norm="none",
+    step_scale="fixed",
+)
+# `tiny`'s network and optimiser, shared by its two recipes.
+_TINY_NET = dict(
+    energy="transformer",
+    d_model=64,
+    n_heads=4,
+    n_obs_layers=1,
+    n_energy_layers=1,
+    resnet_width=8,
+    n_keypoints=16,
+)
+_TINY_TRAIN = TrainRecipe(lr=1e-3, warmup_steps=50, batch_size=32)
+
 EBT_PRESETS: dict[str, Preset] = {
     # Tests and CPU quickstarts with the transformer: ~0.13M parameters (low-dim), trained with
     # the energy score and Equilibrium Matching at depths 2..5 (see the module docstring).
     "tiny": Preset(
         policy=EBTPolicyConfig(
-            preset="tiny", energy="transformer", d_model=64, n_heads=4, n_obs_layers=1,
-            n_energy_layers=1, resnet_width=8, n_keypoints=16,
-            descent=DescentConfig(
-                train_steps_base=2, train_steps_extra=3, objective="energy_score",
-                eqm_weight=1.0, rms_norm="none", step_scale="fixed",
-                descent_steps=3, descent_min_grad=0.0,  # exactly 3 (module docstring)
-            ),
+            preset="tiny", **_TINY_NET,
+            # exactly 3 inference steps (module docstring)
+            descent=DescentConfig(**_ES_EQM, descent_steps=3, descent_min_grad=0.0),
         ),
-        train=TrainRecipe(lr=1e-3, warmup_steps=50, batch_size=32),
+        train=_TINY_TRAIN,
     ),
     # The same network with the reference recipe: per-step MSE, 3 + U{0..1} unrolled steps, 2
     # inference steps (the ``tiny`` of every row measured before it switched).
     "tiny-reference": Preset(
         policy=EBTPolicyConfig(
-            preset="tiny-reference", energy="transformer", d_model=64, n_heads=4,
-            n_obs_layers=1, n_energy_layers=1, resnet_width=8, n_keypoints=16,
+            preset="tiny-reference", **_TINY_NET,
             descent=DescentConfig(train_steps_base=3, train_steps_extra=1),
         ),
-        train=TrainRecipe(lr=1e-3, warmup_steps=50, batch_size=32),
+        train=_TINY_TRAIN,
     ),
     "small": Preset(
         policy=EBTPolicyConfig(
@@ -79,10 +96,7 @@ EBT_PRESETS: dict[str, Preset] = {
     "mlp": Preset(
         policy=EBTPolicyConfig(
             preset="mlp", energy="mlp", mlp_hidden=256, mlp_layers=3, resnet_width=8,
-            descent=DescentConfig(
-                train_steps_base=2, train_steps_extra=3, objective="energy_score",
-                eqm_weight=1.0, rms_norm="none", step_scale="fixed",
-            ),
+            descent=DescentConfig(**_ES_EQM),
         ),
         train=TrainRecipe(lr=1e-3, warmup_steps=50, batch_size=256),
     ),
