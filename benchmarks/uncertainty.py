@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 MUJOCO_GL=egl python benchmarks/uncertainty.py \\
         [--lift NAME=RUN:STORE:STEPS ...] [--pusht NAME=RUN:STORE:STEPS ...] \\
         [--twogoal NAME=RUN:STORE:STEPS ...] \\
-        [--windows 600] [--seeds 8] [--episodes 50]
+        [--windows 600] [--seeds 8] [--episodes 50] [--best-of K]
 
 e.g. ``--lift new=runs/quickstart/run:runs/quickstart/demos.zarr:2`` (a run, the store it was
 trained on, the descent steps to plan with).
@@ -17,7 +17,12 @@ one); noise and displacement also at 10% / 10 cm / 50 px and 30% / 20 cm / 100 p
 Each window is planned with ``--seeds`` initial noises.
 The calibration is measured first on the same held-out episodes with other noise seeds; the
 score is a monotone map of one statistic, so its AUROC equals that statistic's except for the
-ties its clamping at 0 and 1 makes.
+ties its clamping at 0 and 1 makes. Beside the policy's own scores, (b) reports a reference
+detector that ignores the policy: the distance from each (perturbed) window's observations,
+every low-dim key divided by its range, to the nearest window of the training episodes. Where
+even it is near 0.5 the perturbed observations look like ones training saw, and no score of
+the policy should be expected to flag them; where it is high the information is in the
+observation and the policy's score is what misses it.
 
 (a) failed vs successful episodes (twogoal, closed loop): every chunk of ``--episodes`` seeded
 episodes, labelled by its episode's outcome (chunk level), each episode's mean score (episode
@@ -25,7 +30,11 @@ level), and each episode's mean score over its first ``EARLY_CHUNKS`` chunks (a 
 runs to the step cap, so its later chunks come from states after the failure that a successful
 episode never reaches; the early rows show whether the score warns before the outcome).
 Any task's run works here (`can` fails often at small budgets); Lift runs succeed 50/50, so the
-README runs (a) on twogoal at 1 descent step and on can, where failures exist.
+README runs (a) on twogoal at 1 descent step and on can, where failures exist. With
+``--best-of K`` every chunk is planned from K initial noises at once (the lowest-energy one is
+executed, as ``ebt-policy eval --best-of K``) and (a) also reports the AUROC of the K
+candidates' spread (``ChunkPrediction.spread``): whether the planner disagrees with itself more
+in episodes that fail.
 
 AUROC is computed rank-based (Mann-Whitney U, ties counted half): P(score of a positive >
 score of a negative), positive = perturbed / failed. 0.5 is chance. Prints one table measured on
@@ -148,6 +157,50 @@ def _pusht_displacement(store, pixels: float) -> Callable:
     return displaced
 
 
+def _obs_features(obs: dict, span: dict) -> np.ndarray:
+    """(B, F) float32: each low-dim key's window (B, To, ...) divided by the key's range over the
+    store, flattened and concatenated in key order (images are left out)."""
+    return np.concatenate(
+        [(np.asarray(obs[k], np.float32) / span[k]).reshape(len(obs[k]), -1) for k in span], 1
+    )
+
+
+def nearest_train_distance(
+    train: np.ndarray, dataset, indices, *, seeds: int, first_seed: int, span: dict, transform=None
+) -> np.ndarray:
+    """Distance from each window of ``dataset`` (``indices``, seed-major like
+    ``window_values``, perturbed by ``transform`` with the same per-batch seeds) to its nearest
+    training window, in the features of :func:`_obs_features`: a detector that knows nothing
+    about actions, only which observations training saw (the reference column of (b))."""
+    import torch
+
+    ref = torch.from_numpy(train)
+    out = []
+    for seed in range(first_seed, first_seed + seeds):
+        for start in range(0, len(indices), 256):  # window_values' batches and seeds
+            items = [dataset[int(i)]["obs"] for i in indices[start : start + 256]]
+            obs = {k: np.stack([np.asarray(item[k]) for item in items]) for k in items[0]}
+            if transform is not None:
+                obs = transform(obs, seed * 1_000_003 + start)
+            q = torch.from_numpy(_obs_features(obs, span))
+            out.append(torch.cdist(q, ref).min(dim=1).values.numpy())
+    return np.concatenate(out)
+
+
+def train_features(store, policy, episodes, span: dict, max_windows: int = 20_000) -> np.ndarray:
+    """:func:`_obs_features` of up to ``max_windows`` windows of ``episodes`` (training's)."""
+    from ebt_policy.policies.calibrate_cli import window_subset
+
+    ds, idx = window_subset(policy, store, episodes, max_windows)
+    feats = []
+    for start in range(0, len(idx), 1024):
+        items = [ds[int(i)]["obs"] for i in idx[start : start + 1024]]
+        feats.append(
+            _obs_features({k: np.stack([np.asarray(it[k]) for it in items]) for k in span}, span)
+        )
+    return np.concatenate(feats)
+
+
 def scores(calibration, energy: np.ndarray, grad: np.ndarray) -> dict[str, np.ndarray]:
     """The three scores the tables compare."""
     return {"score": calibration.uncertainty(energy, grad), "energy": energy, "grad_norm": grad}
@@ -172,11 +225,29 @@ def perturbation_rows(task: str, spec: str, windows: int, seeds: int) -> list[li
     store = EpisodeStore.open(store_path, "r")
     episodes = held_out_episodes(read_checkpoint_config(run)["train_config"], store.n_episodes)
     ds, idx = window_subset(policy, store, episodes, windows)
+    from ebt_policy.datasets import compute_stats
+
+    low_dim = list(policy.low_dim_keys)
+    stats = compute_stats(store, keys=low_dim, write=False)
+    span = {
+        k: np.maximum(np.asarray(stats[k]["max"]) - np.asarray(stats[k]["min"]), 1e-6).astype(
+            np.float32
+        )
+        for k in low_dim
+    }
+    held = set(episodes)
+    train = train_features(
+        store, policy, [e for e in range(store.n_episodes) if e not in held], span
+    )
 
     def measure(transform=None) -> dict[str, np.ndarray]:
         # noise seeds 1.. (the calibration drew seed 0)
         e, g = window_values(policy, ds, idx, seeds=seeds, first_seed=1, obs_transform=transform)
-        return scores(calibration, e, g)
+        out = scores(calibration, e, g)
+        out["knn_obs"] = nearest_train_distance(
+            train, ds, idx, seeds=seeds, first_seed=1, span=span, transform=transform
+        )
+        return out
 
     base = measure()
     rows = []
@@ -196,11 +267,12 @@ def perturbation_rows(task: str, spec: str, windows: int, seeds: int) -> list[li
             [f"{name} ({calibration.score}, {steps} steps)", pert, f"{base['score'].size}"]
             + [f"{a:.3f}" for a in aucs]
             + [f"{np.median(base['score']):.2f} / {np.median(perturbed['score']):.2f}"]
+            + [f"{auroc(base['knn_obs'], perturbed['knn_obs']):.3f}"]
         )
     return rows
 
 
-def twogoal_rows(spec: str, episodes: int) -> list[list[str]]:
+def twogoal_rows(spec: str, episodes: int, best_of: int = 1) -> list[list[str]]:
     from ebt_policy import load_policy
     from ebt_policy.envs.cli import checkpoint_metadata
     from ebt_policy.envs.runner import EvalConfig, evaluate
@@ -210,47 +282,57 @@ def twogoal_rows(spec: str, episodes: int) -> list[list[str]]:
     calibration = calibrate(run, store_path, windows=2000, descent_steps=steps, write=False)
     policy = load_policy(run)
     policy.set_inference(descent_steps=steps)
+    if best_of > 1:  # plans keep the lowest-energy candidate; the K candidates give a spread
+        policy.set_engine(best_of=best_of)
     result = evaluate(policy, EvalConfig(metadata=checkpoint_metadata(run), episodes=episodes))
-    chunk = {True: ([], []), False: ([], [])}
+    stats = ("score", "energy", "grad_norm") + (("spread",) if best_of > 1 else ())
+
+    def episode_scores(chunks) -> dict[str, np.ndarray]:
+        e = np.array([c.energy for c in chunks], np.float64)
+        g = np.array([c.grad_norm for c in chunks], np.float64)
+        out = scores(calibration, e, g)
+        if best_of > 1:
+            out["spread"] = np.array([c.spread for c in chunks], np.float64)
+        return out
+
+    chunk = {True: [], False: []}
     per_episode = {True: [], False: []}
     early = {True: [], False: []}  # the first EARLY_CHUNKS chunks only
     for rec in result.episodes:
-        e = np.array([c.energy for c in rec.chunks], np.float64)
-        g = np.array([c.grad_norm for c in rec.chunks], np.float64)
-        chunk[rec.success][0].append(e)
-        chunk[rec.success][1].append(g)
-        per_episode[rec.success].append(
-            {k: float(np.mean(v)) for k, v in scores(calibration, e, g).items()}
-        )
+        values = episode_scores(rec.chunks)
+        chunk[rec.success].append(values)
+        per_episode[rec.success].append({k: float(np.mean(v)) for k, v in values.items()})
         # a failed episode runs to the step cap, so its later chunks come from states a
         # successful one never reaches (after the failure): the early chunks show whether the
         # score warns before the outcome is decided
-        ee, ge = e[:EARLY_CHUNKS], g[:EARLY_CHUNKS]
-        early[rec.success].append(
-            {k: float(np.mean(v)) for k, v in scores(calibration, ee, ge).items()}
-        )
+        early[rec.success].append({k: float(np.mean(v[:EARLY_CHUNKS])) for k, v in values.items()})
     n_ok, n_fail = len(per_episode[True]), len(per_episode[False])
-    label = f"{name} ({calibration.score}, {steps} step)"
+    label = f"{name} ({calibration.score}, {steps} step" + (
+        f", best of {best_of})" if best_of > 1 else ")"
+    )
     if not n_ok or not n_fail:
         return [[label, f"{n_ok}/{episodes} succeed: no AUROC", "", "", "", "", ""]]
-    ok = scores(calibration, *(np.concatenate(v) for v in chunk[True]))
-    fail = scores(calibration, *(np.concatenate(v) for v in chunk[False]))
-    stats = ("score", "energy", "grad_norm")
-    ep_ok = {s: np.array([d[s] for d in per_episode[True]]) for s in stats}
-    ep_fail = {s: np.array([d[s] for d in per_episode[False]]) for s in stats}
-    early_ok = {s: np.array([d[s] for d in early[True]]) for s in stats}
-    early_fail = {s: np.array([d[s] for d in early[False]]) for s in stats}
-    return [
-        [label, f"chunks ({n_ok}/{episodes} succeed)", f"{ok['score'].size + fail['score'].size}"]
-        + [f"{auroc(ok[s], fail[s]):.3f}" for s in stats]
-        + [f"{np.median(ok['score']):.2f} / {np.median(fail['score']):.2f}"],
-        [label, "episodes (mean score)", f"{episodes}"]
-        + [f"{auroc(ep_ok[s], ep_fail[s]):.3f}" for s in stats]
-        + [f"{np.median(ep_ok['score']):.2f} / {np.median(ep_fail['score']):.2f}"],
-        [label, f"episodes (first {EARLY_CHUNKS} chunks)", f"{episodes}"]
-        + [f"{auroc(early_ok[s], early_fail[s]):.3f}" for s in stats]
-        + [f"{np.median(early_ok['score']):.2f} / {np.median(early_fail['score']):.2f}"],
-    ]
+
+    def gather(group: dict, flat: bool) -> dict[str, dict[bool, np.ndarray]]:
+        if flat:
+            return {s: {o: np.concatenate([d[s] for d in group[o]]) for o in group} for s in stats}
+        return {s: {o: np.array([d[s] for d in group[o]]) for o in group} for s in stats}
+
+    rows = []
+    for cond, group, flat in (
+        (f"chunks ({n_ok}/{episodes} succeed)", chunk, True),
+        ("episodes (mean score)", per_episode, False),
+        (f"episodes (first {EARLY_CHUNKS} chunks)", early, False),
+    ):
+        g = gather(group, flat)
+        size = g["score"][True].size + g["score"][False].size
+        rows.append(
+            [label, cond, f"{size}"]
+            + [f"{auroc(g[s][True], g[s][False]):.3f}" for s in ("score", "energy", "grad_norm")]
+            + [f"{np.median(g['score'][True]):.2f} / {np.median(g['score'][False]):.2f}"]
+            + ([f"{auroc(g['spread'][True], g['spread'][False]):.3f}"] if best_of > 1 else [])
+        )
+    return rows
 
 
 TARGET_AUROC = 0.8  # what the score should reach for both (a) and (b)
@@ -268,6 +350,13 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=600)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument(
+        "--best-of",
+        type=int,
+        default=1,
+        help="(a) only: plan every chunk best-of-K and report the AUROC of the K candidates' "
+        "spread too (the planner's own disagreement)",
+    )
     args = parser.parse_args()
     if not args.lift and not args.pusht and not args.twogoal:
         parser.error("give runs with --lift, --pusht and/or --twogoal NAME=RUN:STORE:STEPS")
@@ -288,14 +377,18 @@ def main() -> None:
         if not specs:
             continue
         table = Table(title=title)
-        for col in [*columns, f"median score {median_label}"]:
+        if specs is not args.twogoal:
+            extra = ["AUROC obs kNN (reference)"]
+        else:
+            extra = [f"AUROC spread (best of {args.best_of})"] if args.best_of > 1 else []
+        for col in [*columns, f"median score {median_label}", *extra]:
             table.add_column(col)
         for spec in specs:
             if specs is args.lift or specs is args.pusht:
                 task = "lift" if specs is args.lift else "pusht"
                 rows = perturbation_rows(task, spec, args.windows, args.seeds)
             else:
-                rows = twogoal_rows(spec, args.episodes)
+                rows = twogoal_rows(spec, args.episodes, args.best_of)
             for row in rows:
                 verdict = "-" if not row[3] else "PASS" if float(row[3]) >= TARGET_AUROC else "MISS"
                 table.add_row(*row[:6], verdict, *row[6:])

@@ -200,6 +200,10 @@ def test_best_of_k_returns_the_lowest_energy_candidate() -> None:
         assert best.energy[row] == pytest.approx(each.energy.min(), abs=1e-6)
         np.testing.assert_allclose(best.chunk[row], each.chunk[k], atol=1e-5, rtol=0)
         assert (each.energy >= best.energy[row] - 1e-6).all()
+        # the candidates' disagreement (the normaliser here is the identity on [-1, 1])
+        rms = np.sqrt(((each.chunk - each.chunk.mean(axis=0)) ** 2).mean())
+        assert best.spread[row] == pytest.approx(rms, rel=1e-4)
+    assert policy.predict_chunk(obs).spread is None  # one candidate: nothing to compare
 
 
 # ---------------------------------------------------------------------------- batching
@@ -296,7 +300,10 @@ def test_eval_plans_with_warm_start_and_best_of_k(tmp_path, capsys) -> None:
     argv = ["eval", "--checkpoint", str(ckpt), "--episodes", "2", "--max-episode-steps", "24"]
     argv += ["--json", str(out), "--warm-start", "--best-of", "3"]
     assert main(argv) == 0
-    assert json.loads(out.read_text())["n_chunks"] >= 6  # 3 chunks per episode, 2 episodes
+    report = json.loads(out.read_text())
+    assert report["n_chunks"] >= 6  # 3 chunks per episode, 2 episodes
+    # every chunk record carries its candidates' disagreement
+    assert all(c["spread"] > 0 for e in report["episodes"] for c in e["chunks"])
     assert main([*argv, "--best-of", "0"]) == 2
     assert "best_of must be >= 1" in capsys.readouterr().err
     # the energy-change stop reaches the engine (recorded in the result) and stops rows early

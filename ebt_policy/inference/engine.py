@@ -134,9 +134,11 @@ class InferenceEngine:
         if K > 1:
             best = result.energy.view(B, K).argmin(dim=1)  # (B,)
             idx = torch.arange(B, device=best.device) * K + best
+            cands = result.chunk.detach().float().view(B, K, *result.chunk.shape[1:])
+            spread = (cands - cands.mean(dim=1, keepdim=True)).pow(2).mean(dim=(1, 2, 3)).sqrt()
             result = DescentResult(
                 chunk=result.chunk[idx], energy=result.energy[idx], steps=result.steps[idx],
-                grad_norm=result.grad_norm[idx],
+                grad_norm=result.grad_norm[idx], spread=spread,
             )  # fmt: skip
         if opts.warm_start:
             for b, row in enumerate(row_ids):

@@ -42,6 +42,9 @@ class ChunkPrediction:
     # (B,) in [0, 1], higher = less like the held-out demonstrations; None without a calibration
     # (`ebt-policy calibrate`, policies/calibration.py) or with another stopping rule than it had
     uncertainty: np.ndarray | None = None
+    # (B,) with best-of-K planning: how far the K candidates lie from their mean (RMS,
+    # normalised action units), the planner's own disagreement; None otherwise
+    spread: np.ndarray | None = None
     latency_s: float = 0.0  # wall time of this prediction
     extra: dict[str, Any] = field(default_factory=dict)
 

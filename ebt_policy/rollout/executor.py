@@ -39,6 +39,7 @@ class ChunkRecord:
     grad_norm: float | None
     latency_s: float  # wall time of the predict_chunk call that planned it (shared by its batch)
     batch: int  # how many rows that call planned for
+    spread: float | None = None  # best-of-K candidates' disagreement (ChunkPrediction.spread)
 
 
 @dataclass
@@ -190,6 +191,7 @@ class RolloutExecutor:
                     grad_norm=_scalar(pred.grad_norm, i, float),
                     latency_s=float(pred.latency_s),
                     batch=len(rows),
+                    spread=_scalar(pred.spread, i, float),
                 )
             )
         self.n_plans += 1

@@ -169,6 +169,9 @@ class DescentResult:
     energy: Tensor  # (B,) energy at the last step's look-ahead point
     steps: Tensor  # (B,) int64 descent steps used
     grad_norm: Tensor  # (B,) norm of the last gradient
+    # (B,) with best-of-K (K > 1): RMS distance of a row's K final candidates from their mean,
+    # normalised units (how much the plans from different initial noise disagree); else None
+    spread: Tensor | None = None
 
 
 def cosine_sigmas(n: int, sigma_max: float, sigma_min: float) -> list[float]:

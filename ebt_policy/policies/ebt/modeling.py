@@ -239,4 +239,5 @@ class EBTPolicy(ChunkPolicy):
             energy=energy,
             grad_norm=grad_norm,
             uncertainty=uncertainty,
+            spread=None if result.spread is None else result.spread.cpu().numpy(),
         )
