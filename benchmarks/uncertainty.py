@@ -242,7 +242,7 @@ def perturbation_rows(task: str, spec: str, windows: int, seeds: int) -> list[li
 
     def measure(transform=None) -> dict[str, np.ndarray]:
         # noise seeds 1.. (the calibration drew seed 0)
-        e, g = window_values(policy, ds, idx, seeds=seeds, first_seed=1, obs_transform=transform)
+        e, g, _ = window_values(policy, ds, idx, seeds=seeds, first_seed=1, obs_transform=transform)
         out = scores(calibration, e, g)
         out["knn_obs"] = nearest_train_distance(
             train, ds, idx, seeds=seeds, first_seed=1, span=span, transform=transform

@@ -186,3 +186,39 @@ def test_running_a_calibrated_policy_imports_no_store(
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_best_of_k_calibration_scores_spread_only_for_the_same_k(
+    run: tuple[Path, Path], checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["calibrate", "--checkpoint", str(checkpoint), "--dataset", str(run[1])]
+    assert cli_main([*argv, "--windows", "30", "--best-of", "3", "--score", "spread"]) == 0
+    assert "best of 3" in capsys.readouterr().out
+    data = json.loads((checkpoint / CALIBRATION_NAME).read_text())
+    assert data["version"] == 2 and data["best_of"] == 3 and data["score"] == "spread"
+    assert len(data["quantiles"]["spread"]) == len(LEVELS)
+
+    policy = load_policy(checkpoint)
+    assert _predict(policy).uncertainty is None  # plans from one candidate: not what was measured
+    policy.set_engine(best_of=3)
+    pred = _predict(policy)
+    assert pred.spread is not None and pred.uncertainty is not None
+    expected = policy.calibration.quantile_of("spread", pred.spread)
+    np.testing.assert_array_equal(pred.uncertainty, expected)
+    policy.set_engine(best_of=2)
+    assert _predict(policy).uncertainty is None  # another K: no score rather than a wrong one
+
+    # a version-1 file (no best_of, no spread) still reads, as one candidate
+    old = {**data, "version": 1, "score": "energy"}
+    del old["best_of"]
+    old["quantiles"] = {k: v for k, v in data["quantiles"].items() if k != "spread"}
+    (checkpoint / CALIBRATION_NAME).write_text(json.dumps(old))
+    assert load_policy(checkpoint).calibration.best_of == 1
+    assert _predict(load_policy(checkpoint)).uncertainty is not None
+
+    with pytest.raises(ConfigError) as exc:
+        calibrate(checkpoint, run[1], score="spread", write=False)
+    _one_line(exc, "--score spread", "--best-of")
+    with pytest.raises(ConfigError) as exc:
+        calibrate(checkpoint, run[1], best_of=0, write=False)
+    _one_line(exc, "--best-of")

@@ -80,7 +80,7 @@ def energy_at_quantile(policy: Any, quantile: float, flag: str) -> float:
     if not matches_stopping_rule(policy):
         raise ConfigError(
             f"{flag}: calibration.json was measured with {calibration.descent_steps} descent "
-            f"steps / min grad {calibration.descent_min_grad:g}, not the policy's stopping rule "
-            "(re-run `ebt-policy calibrate`)"
+            f"steps / min grad {calibration.descent_min_grad:g} / best of {calibration.best_of}, "
+            "not the policy's stopping rule and candidates (re-run `ebt-policy calibrate`)"
         )
     return float(np.interp(quantile, LEVELS, calibration.quantiles["energy"]))

@@ -56,15 +56,10 @@ class EngineOptions:
 
     @property
     def calibrated(self) -> bool:
-        """Whether chunks come from the distribution a calibration measured (cold start, one
-        candidate, no energy-change or uphill stop); compile, bf16 and graphs change only
-        rounding."""
-        return (
-            not self.warm_start
-            and self.best_of == 1
-            and self.min_energy_change == 0.0
-            and not self.reject_uphill
-        )
+        """Whether chunks come from a distribution a calibration can measure (cold start, no
+        energy-change or uphill stop; the number of candidates a calibration records itself,
+        ``Calibration.best_of``); compile, bf16 and graphs change only rounding."""
+        return not self.warm_start and self.min_energy_change == 0.0 and not self.reject_uphill
 
 
 def check_bf16(device_type: str) -> None:

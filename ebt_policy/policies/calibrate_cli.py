@@ -3,12 +3,13 @@
 Usage::
 
     ebt-policy calibrate --checkpoint RUN --dataset STORE [--windows 2000] [--seeds 1]
-        [--score grad_norm|energy] [--episodes 3,17,...]
+        [--score energy|grad_norm|spread] [--best-of K] [--episodes 3,17,...]
 
 Runs the policy's own inference (its configured descent steps) on windows of the episodes its
 training split held out (the same seeded split as training: ``train_config.seed`` and
 ``val_fraction`` over the store's episodes), and writes the quantiles of the final energy and
-gradient norm to ``calibration.json`` in the checkpoint directory (policies/calibration.py).
+gradient norm (and with ``--best-of K`` the K candidates' spread) to ``calibration.json`` in the
+checkpoint directory (policies/calibration.py).
 This module may import the episode store; loading and running a policy never imports it.
 """
 
@@ -66,8 +67,9 @@ def window_values(
     first_seed: int = 0,
     batch_size: int = 256,
     obs_transform: Any = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Final energy and gradient norm (each (len(indices) * seeds,)) of the policy's inference
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Final energy, gradient norm and best-of-K spread (each (len(indices) * seeds,); spread
+    None when the policy plans from one candidate) of the policy's inference
     on windows ``indices`` of a WindowDataset, seed-major, noise seeds ``first_seed`` ..
     ``first_seed + seeds - 1``.
 
@@ -76,7 +78,7 @@ def window_values(
     """
     import torch
 
-    energy, grad = [], []
+    energy, grad, spread = [], [], []
     for seed in range(first_seed, first_seed + seeds):
         for start in range(0, len(indices), batch_size):
             items = [dataset[int(i)]["obs"] for i in indices[start : start + batch_size]]
@@ -87,7 +89,9 @@ def window_values(
             pred = policy.predict_chunk(obs, generator=gen)
             energy.append(pred.energy)
             grad.append(pred.grad_norm)
-    return np.concatenate(energy), np.concatenate(grad)
+            spread.append(pred.spread)
+    spreads = None if any(s is None for s in spread) else np.concatenate(spread)
+    return np.concatenate(energy), np.concatenate(grad), spreads
 
 
 def calibrate(
@@ -99,6 +103,7 @@ def calibrate(
     score: str | None = None,
     episodes: Sequence[int] | None = None,
     descent_steps: int | None = None,
+    best_of: int = 1,
     batch_size: int = 256,
     write: bool = True,
 ) -> Calibration:
@@ -113,6 +118,8 @@ def calibrate(
         episodes: calibrate on these episodes instead of training's held-out ones.
         descent_steps: plan with this many steps instead of the checkpoint's (the scores then
             apply to a policy planning with it, e.g. ``ebt-policy eval --descent-steps``).
+        best_of: plan every chunk from this many initial noises (the scores then apply to a
+            policy planning best-of-K with the same K); K >= 2 also measures their spread.
         write: write ``calibration.json`` into the checkpoint directory.
 
     Raises:
@@ -126,10 +133,10 @@ def calibrate(
         resolve_checkpoint_dir,
     )
 
-    if windows < 1 or seeds < 1 or batch_size < 1:
+    if windows < 1 or seeds < 1 or batch_size < 1 or best_of < 1:
         raise ConfigError(
-            f"--windows, --seeds and --batch-size must be >= 1, got {windows}, {seeds}, "
-            f"{batch_size}"
+            f"--windows, --seeds, --batch-size and --best-of must be >= 1, got {windows}, "
+            f"{seeds}, {batch_size}, {best_of}"
         )
     directory = resolve_checkpoint_dir(checkpoint)
     config = read_checkpoint_config(directory)
@@ -138,9 +145,13 @@ def calibrate(
         raise ConfigError(f"{directory}: a {policy.name!r} policy has no energy to calibrate")
     if descent_steps is not None:
         policy.set_inference(descent_steps=descent_steps)  # ConfigError naming the field
+    if best_of > 1:
+        policy.set_engine(best_of=best_of)
     score = score or default_score(policy.config)
     if score not in STATISTICS:
         raise ConfigError(f"--score {score!r}: expected one of {STATISTICS}")
+    if score == "spread" and best_of < 2:
+        raise ConfigError("--score spread: needs --best-of K with K >= 2 (e.g. --best-of 4)")
     store = EpisodeStore.open(dataset, "r")
     if episodes is None:
         episodes = held_out_episodes(config["train_config"], store.n_episodes)
@@ -153,7 +164,9 @@ def calibrate(
     if bad:
         raise DatasetError(f"{dataset}: --episodes {bad} not in 0..{store.n_episodes - 1}")
     window_set, indices = window_subset(policy, store, episodes, windows)
-    energy, grad = window_values(policy, window_set, indices, seeds=seeds, batch_size=batch_size)
+    energy, grad, spread = window_values(
+        policy, window_set, indices, seeds=seeds, batch_size=batch_size
+    )
     descent = policy.config.descent
     calibration = Calibration.from_values(
         energy,
@@ -163,6 +176,8 @@ def calibrate(
         descent_min_grad=descent.descent_min_grad,
         descent_min_disp=descent.descent_min_disp,
         weights_sha256=weights_sha256(directory / WEIGHTS_NAME),
+        best_of=best_of,
+        spread=spread,
         info={
             "dataset": str(dataset),
             "store_episodes": store.n_episodes,
@@ -190,11 +205,14 @@ class CalibrateArgs:
     seeds: int = 1
     """Initial-noise draws per window."""
     score: str | None = None
-    """energy (default) or grad_norm: the statistic the uncertainty is the quantile of."""
+    """energy (default), grad_norm or spread (needs --best-of >= 2): the statistic the
+    uncertainty is the quantile of."""
     episodes: str | None = None
     """Comma-separated episode indices (default: the episodes training held out)."""
     descent_steps: int | None = None
     """Plan with this many descent steps (default: the checkpoint's); scores apply to it only."""
+    best_of: int = 1
+    """Plan best-of-K (as eval/deploy --best-of K); scores apply to that K only."""
     batch_size: int = 256
 
 
@@ -226,15 +244,17 @@ def main(argv: list[str]) -> int:
         score=args.score,
         episodes=parse_episodes(args.episodes),
         descent_steps=args.descent_steps,
+        best_of=args.best_of,
         batch_size=args.batch_size,
     )
     info = calibration.info
     print(
         f"calibrated on {info['chunks']} chunks ({info['windows']} windows of "
         f"{len(info['episodes'])} held-out episodes x {info['seeds']} seeds), score "
-        f"{calibration.score}, {calibration.descent_steps} descent steps"
+        f"{calibration.score}, {calibration.descent_steps} descent steps, best of "
+        f"{calibration.best_of}"
     )
-    for name in STATISTICS:
+    for name in calibration.statistics:
         q = calibration.quantiles[name]
         print(f"  {name:<10} p1 {q[1]:.4g}  p50 {q[50]:.4g}  p99 {q[99]:.4g}")
     print(f"wrote {resolve_checkpoint_dir(args.checkpoint) / CALIBRATION_NAME}")

@@ -227,10 +227,11 @@ class EBTPolicy(ChunkPolicy):
             descent_min_grad=descent_min_grad,
         )
         energy, grad_norm = result.energy.float().cpu().numpy(), result.grad_norm.cpu().numpy()
+        spread = None if result.spread is None else result.spread.float().cpu().numpy()
         uncertainty = None
-        if engine.options.calibrated:  # warm starts and best-of-K shift what was calibrated
+        if engine.options.calibrated:  # warm starts shift what was calibrated
             uncertainty = chunk_uncertainty(
-                self, energy, grad_norm, descent_steps, descent_min_grad
+                self, energy, grad_norm, descent_steps, descent_min_grad, spread
             )
         return self.chunk_prediction(
             result.chunk,
@@ -239,5 +240,5 @@ class EBTPolicy(ChunkPolicy):
             energy=energy,
             grad_norm=grad_norm,
             uncertainty=uncertainty,
-            spread=None if result.spread is None else result.spread.cpu().numpy(),
+            spread=spread,
         )
