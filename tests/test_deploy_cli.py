@@ -117,8 +117,11 @@ def test_robot_server_refuses_a_non_loopback_bind_without_flag_and_token(capsys)
     assert "token" in capsys.readouterr().err
 
 
-def _ebt_checkpoint_with_calibration(dest: Path, energies: np.ndarray) -> Path:
-    """An untrained tiny EBT policy on twogoal, calibrated on ``energies``."""
+def _ebt_checkpoint_with_calibration(
+    dest: Path, energies: np.ndarray, best_of: int = 1, spread: np.ndarray | None = None
+) -> Path:
+    """An untrained tiny EBT policy on twogoal, calibrated on ``energies`` (and with best-of-K
+    on ``spread``)."""
     from ebt_policy.policies import load_policy
     from ebt_policy.policies.calibration import Calibration, weights_sha256, write_calibration
 
@@ -126,7 +129,7 @@ def _ebt_checkpoint_with_calibration(dest: Path, energies: np.ndarray) -> Path:
     sha = weights_sha256(dest / "model.safetensors")
     calibration = Calibration.from_values(
         energies, np.abs(energies), score="energy", descent_steps=d.descent_steps,
-        descent_min_grad=d.descent_min_grad, weights_sha256=sha,
+        descent_min_grad=d.descent_min_grad, weights_sha256=sha, best_of=best_of, spread=spread,
     )  # fmt: skip
     write_calibration(calibration, dest)
     return dest
@@ -151,6 +154,25 @@ def test_an_energy_quantile_threshold_comes_from_the_checkpoints_calibration(
     # the same policy without the threshold runs its ticks
     assert cli_main(argv[:-4] + ["--log", str(tmp_path / "l")]) == 0
     assert len((tmp_path / "l").read_text().splitlines()) == 20
+
+
+def test_a_spread_quantile_threshold_needs_a_calibration_with_the_same_k(
+    tmp_path: Path, capsys
+) -> None:
+    # best-of-2 demonstration plans agreed to 1e-9 (an untrained policy's candidates do not) at
+    # energies ~1e9 (any chunk's energy is below: only the spread can cross the threshold)
+    tiny = np.linspace(0, 1e-9, 101)
+    ckpt = _ebt_checkpoint_with_calibration(tmp_path / "ebt", tiny + 1e9, best_of=2, spread=tiny)
+    argv = ["deploy", "--checkpoint", str(ckpt), "--robot", "sim:twogoal", "--rate", "50"]
+    argv += ["--duration", "0.4", "--energy-score", "spread", "--energy-stop-quantile", "0.99"]
+    cli_main([*argv, "--best-of", "2", "--log", str(tmp_path / "l")])
+    captured = capsys.readouterr()
+    assert "fault: energy" in captured.err + captured.out
+    assert (tmp_path / "l").read_text() == ""  # the first chunk stopped it
+    for extra, why in [([], "needs --best-of"), (["--best-of", "3"], "best of 2")]:
+        assert cli_main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(

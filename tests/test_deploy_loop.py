@@ -32,9 +32,17 @@ class ScriptedPolicy:
     horizon = 8
 
     def __init__(
-        self, delay_s=0.0, nan=(), raise_on=(), stall_on=(), huge=(), expert=True, energies=None
+        self,
+        delay_s=0.0,
+        nan=(),
+        raise_on=(),
+        stall_on=(),
+        huge=(),
+        expert=True,
+        energies=None,
+        spreads=None,
     ):
-        self.energies = energies
+        self.energies, self.spreads = energies, spreads
         self.delay_s, self.nan, self.raise_on = delay_s, set(nan), set(raise_on)
         self.stall_on, self.huge, self.use_expert = set(stall_on), set(huge), expert
         self.calls = 0
@@ -67,8 +75,15 @@ class ScriptedPolicy:
         if i in self.huge:
             actions[:] = 1e6
         energy = self.energies[min(i, len(self.energies) - 1)] if self.energies else 0.5 + i
+        spread = None
+        if self.spreads:  # a best-of-K planner's candidates' disagreement
+            spread = np.array([self.spreads[min(i, len(self.spreads) - 1)]])
         return ChunkPrediction(
-            actions=actions, chunk=actions, energy=np.array([energy]), steps=np.array([2])
+            actions=actions,
+            chunk=actions,
+            energy=np.array([energy]),
+            steps=np.array([2]),
+            spread=spread,
         )
 
 
@@ -251,6 +266,22 @@ def test_energy_above_the_stop_threshold_stops_the_robot() -> None:
     report, robot, _ = _run(policy, max_steps=100, energy=EnergyConfig(stop_above=2.9))
     assert report.fault == "energy" and stopped_by_the_loop(robot)
     assert policy.calls == 4  # warm-up, first chunk, 2.5, then 3.5 > 2.9
+
+
+def test_a_spread_threshold_acts_on_the_spread_not_the_energy() -> None:
+    spreads = [0.01, 0.01, 0.01, 0.5]  # the 4th plan's candidates disagree
+    policy = ScriptedPolicy(expert=False, energies=[9.0], spreads=spreads)
+    energy = EnergyConfig(stop_above=0.1, statistic="spread")
+    report, robot, _ = _run(policy, max_steps=100, energy=energy)
+    assert report.fault == "energy" and stopped_by_the_loop(robot)
+    assert policy.calls == 4  # energy 9 everywhere: only the spread crossed the threshold
+    assert report.log[0].spread == pytest.approx(0.01)
+    # the same plans, thresholds on the energy: the spread is not looked at
+    policy = ScriptedPolicy(expert=False, energies=[0.1], spreads=spreads)
+    report, _, _ = _run(policy, max_steps=40, energy=EnergyConfig(stop_above=0.2))
+    assert report.fault is None
+    with pytest.raises(ConfigError, match="statistic"):
+        EnergyConfig(statistic="entropy")
 
 
 class _Descent:

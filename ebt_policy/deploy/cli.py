@@ -70,6 +70,9 @@ class DeployArgs:
     """As --energy-replan, as a calibrated quantile."""
     energy_stop_quantile: float | None = None
     """As --energy-stop, as a calibrated quantile (e.g. 0.99)."""
+    energy_score: str = "energy"
+    """What the --energy-* thresholds apply to: energy, or spread (the best-of-K candidates'
+    disagreement; needs --best-of >= 2, quantiles need `ebt-policy calibrate --best-of K`)."""
     warm_start: bool = False
     """EBT: start each plan's descent from the previous chunk shifted by the control steps
     since its newest frame (noise at an episode's start and for an energy re-plan)."""
@@ -92,6 +95,12 @@ class DeployArgs:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.best_of < 1:
             raise ConfigError(f"--best-of must be >= 1, got {self.best_of}")
+        if self.energy_score not in ("energy", "spread"):
+            raise ConfigError(
+                f"--energy-score: expected energy or spread, got {self.energy_score!r}"
+            )
+        if self.energy_score == "spread" and self.best_of < 2:
+            raise ConfigError("--energy-score spread: needs --best-of K with K >= 2")
         if self.cpp_wrapper and not self.compile:
             raise ConfigError("--cpp-wrapper: needs --compile")
         if self.duration is not None and not self.duration > 0:
@@ -115,7 +124,8 @@ def _energy_thresholds(policy: Any, args: DeployArgs) -> dict[str, float | None]
     for name in ("scale", "replan", "stop"):
         value, q = getattr(args, f"energy_{name}"), getattr(args, f"energy_{name}_quantile")
         if q is not None:
-            value = energy_at_quantile(policy, q, f"--energy-{name}-quantile")
+            flag = f"--energy-{name}-quantile"
+            value = energy_at_quantile(policy, q, flag, args.energy_score)  # type: ignore[arg-type]
         out[f"{name}_above"] = value
     return out
 
@@ -226,7 +236,11 @@ def main(argv: list[str]) -> int:
             warm_start=args.warm_start, best_of=args.best_of, compile=args.compile,
             cpp_wrapper=args.cpp_wrapper,
         )  # fmt: skip
-    energy = EnergyConfig(replan_steps=args.energy_replan_steps, **_energy_thresholds(policy, args))
+    energy = EnergyConfig(
+        replan_steps=args.energy_replan_steps,
+        statistic=args.energy_score,  # type: ignore[arg-type]
+        **_energy_thresholds(policy, args),
+    )
     status: dict[str, Any] = {"last": time.monotonic(), "ticks": 0, "latency": [], "events": 0}
 
     def on_step(log: Any, obs: Any) -> None:

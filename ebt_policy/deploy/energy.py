@@ -10,6 +10,12 @@ has ``set_inference``), and uses that second plan whatever its energy, unless it
 calibrate``), as quantiles of the energies its planner reached on held-out demonstrations
 (``--energy-stop-quantile 0.99``: stop above the 99th percentile); :func:`energy_at_quantile`
 converts them.
+
+``statistic="spread"`` (``deploy --energy-score spread``, with ``--best-of K``, K >= 2) applies
+the same thresholds to the best-of-K candidates' spread instead (``Chunk.spread``: how much the K
+plans disagree), the statistic that warned earliest of failing ``can`` episodes (README); its
+quantile thresholds need a calibration measured with the same K (``ebt-policy calibrate
+--best-of K``).
 """
 
 from __future__ import annotations
@@ -22,22 +28,30 @@ import numpy as np
 from ebt_policy.deploy.safety import check_positive
 from ebt_policy.errors import ConfigError
 
-__all__ = ["EnergyConfig", "Response", "energy_at_quantile"]
+__all__ = ["EnergyConfig", "Response", "Statistic", "energy_at_quantile"]
 
 Response = Literal["use", "scale", "replan", "stop"]
+Statistic = Literal["energy", "spread"]
+STATISTICS = ("energy", "spread")
 
 
 @dataclass
 class EnergyConfig:
-    """Energy thresholds (the policy's energy units); None switches a response off."""
+    """Thresholds on the chunk's ``statistic`` (energy units, or the spread's normalised
+    action units); None switches a response off."""
 
     scale_above: float | None = None
     scale_factor: float = 0.5  # fraction of each step kept when scaling
     replan_above: float | None = None
     replan_steps: int | None = None  # descent steps for the re-plan (default: the policy's)
     stop_above: float | None = None
+    statistic: Statistic = "energy"  # which of the chunk's numbers the thresholds apply to
 
     def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ConfigError(
+                f"EnergyConfig.statistic: expected one of {STATISTICS}, got {self.statistic!r}"
+            )
         if not 0 < self.scale_factor <= 1:
             raise ConfigError(
                 f"EnergyConfig.scale_factor: must be in (0, 1], got {self.scale_factor}"
@@ -61,8 +75,14 @@ class EnergyConfig:
             return "scale"
         return "use"
 
+    def value(self, chunk: Any) -> float | None:
+        """The chunk's number the thresholds apply to (its energy or its spread)."""
+        return chunk.energy if self.statistic == "energy" else chunk.spread
 
-def energy_at_quantile(policy: Any, quantile: float, flag: str) -> float:
+
+def energy_at_quantile(
+    policy: Any, quantile: float, flag: str, statistic: Statistic = "energy"
+) -> float:
     """The energy at ``quantile`` (in (0, 1]) of the held-out demonstration energies in the
     policy's calibration. ConfigError naming ``flag`` when the policy has no calibration, it
     was measured with another stopping rule than the policy plans with, or the quantile is out
@@ -83,4 +103,9 @@ def energy_at_quantile(policy: Any, quantile: float, flag: str) -> float:
             f"steps / min grad {calibration.descent_min_grad:g} / best of {calibration.best_of}, "
             "not the policy's stopping rule and candidates (re-run `ebt-policy calibrate`)"
         )
-    return float(np.interp(quantile, LEVELS, calibration.quantiles["energy"]))
+    if statistic not in calibration.quantiles:
+        raise ConfigError(
+            f"{flag}: calibration.json has no {statistic!r} quantiles (calibrate with "
+            "`ebt-policy calibrate --best-of K`, the deploy's K)"
+        )
+    return float(np.interp(quantile, LEVELS, calibration.quantiles[statistic]))

@@ -47,6 +47,7 @@ class Chunk:
     t_ready: float
     replanned: bool = False  # planned again because the first plan's energy was too high
     scale: float = 1.0  # fraction of each step to keep (the energy response "scale")
+    spread: float | None = None  # best-of-K candidates' disagreement (None with one candidate)
 
 
 @dataclass
@@ -224,6 +225,7 @@ class InferenceWorker:
             latency_s=now - requested,
             t_ready=now,
             replanned=replanned,
+            spread=record.spread,
         )
 
     def _warm_start(self, t_obs: float, replanned: bool) -> None:

@@ -75,6 +75,7 @@ class StepLog:
     steps: int | None
     action: np.ndarray  # what was sent
     events: list[str]
+    spread: float | None = None  # that chunk's best-of-K spread (None with one candidate)
 
 
 @dataclass
@@ -265,9 +266,11 @@ class DeployLoop:
     def _energy_ok(self, chunk: Chunk, events: list[str], can_replan: bool = True) -> bool:
         """Apply the energy response to a new chunk; True when the loop should use it."""
         energy_cfg = self.config.energy
-        response = energy_cfg.response(chunk.energy, chunk.replanned or not can_replan)
+        value = energy_cfg.value(chunk)
+        response = energy_cfg.response(value, chunk.replanned or not can_replan)
         if response == "stop":
-            self.safety.trip("energy", f"chunk energy {chunk.energy:.4g} > {energy_cfg.stop_above}")
+            name = energy_cfg.statistic
+            self.safety.trip("energy", f"chunk {name} {value:.4g} > {energy_cfg.stop_above}")
             return False
         if response == "replan":
             events.append("energy_replan")
@@ -341,6 +344,7 @@ class DeployLoop:
             steps=chunk.steps if chunk is not None else None,
             action=np.asarray(action, np.float64).copy(),
             events=events,
+            spread=chunk.spread if chunk is not None else None,
         )
         report.log.append(entry)
         if self.on_step is not None:
