@@ -85,6 +85,16 @@ def test_calibration_is_stored_and_reloaded_with_the_same_scores(
     policy = load_policy(checkpoint)
     expected = policy.calibration.uncertainty(first.energy, first.grad_norm)
     np.testing.assert_array_equal(first.uncertainty, expected)
+    # every chunk an evaluation or the deploy loop plans records its score (the eval JSON's)
+    from ebt_policy.rollout import RolloutExecutor
+
+    plans = []
+    executor = RolloutExecutor(policy, n_rows=2, on_plan=plans.append)
+    for row in (0, 1):
+        executor.start_episode(row, {"state": _obs(2)["state"][row, 0]}, seed=row)
+    executor.act()
+    score = plans[0].prediction.uncertainty
+    assert [r.uncertainty for r in plans[0].records] == [float(score[0]), float(score[1])]
     # measuring again gives the same quantiles (seeded noise, the same windows)
     again = calibrate(checkpoint, run[1], windows=40, seeds=2, write=False)
     assert again.quantiles == policy.calibration.quantiles

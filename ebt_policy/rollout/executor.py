@@ -11,7 +11,7 @@ other rows do.
 
 Every planned chunk is reported as a :class:`Plan` to the ``on_plan`` hook: the rows, the policy's
 :class:`~ebt_policy.policies.base.ChunkPrediction` and one :class:`ChunkRecord` per row (episode
-step, energy, descent steps, gradient norm, latency).
+step, energy, descent steps, gradient norm, latency, spread, calibrated uncertainty).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class ChunkRecord:
     latency_s: float  # wall time of the predict_chunk call that planned it (shared by its batch)
     batch: int  # how many rows that call planned for
     spread: float | None = None  # best-of-K candidates' disagreement (ChunkPrediction.spread)
+    uncertainty: float | None = None  # calibrated score in [0, 1] (ChunkPrediction.uncertainty)
 
 
 @dataclass
@@ -192,6 +193,7 @@ class RolloutExecutor:
                     latency_s=float(pred.latency_s),
                     batch=len(rows),
                     spread=_scalar(pred.spread, i, float),
+                    uncertainty=_scalar(pred.uncertainty, i, float),
                 )
             )
         self.n_plans += 1
