@@ -17,12 +17,14 @@ one); noise and displacement also at 10% / 10 cm / 50 px and 30% / 20 cm / 100 p
 Each window is planned with ``--seeds`` initial noises.
 The calibration is measured first on the same held-out episodes with other noise seeds; the
 score is a monotone map of one statistic, so its AUROC equals that statistic's except for the
-ties its clamping at 0 and 1 makes. Beside the policy's own scores, (b) reports a reference
-detector that ignores the policy: the distance from each (perturbed) window's observations,
-every low-dim key divided by its range, to the nearest window of the training episodes. Where
-even it is near 0.5 the perturbed observations look like ones training saw, and no score of
-the policy should be expected to flag them; where it is high the information is in the
-observation and the policy's score is what misses it.
+ties its clamping at 0 and 1 makes. Beside the policy's energy scores, both (a) and (b) report
+the observation novelty (``ebt-policy calibrate --novelty``, policies/novelty.py, built in
+memory from the run's store): the distance from each (perturbed) window's observations, every
+low-dim key divided by its range, to the nearest window of the training episodes; in (b) its raw
+distance, in (a) the calibrated score the chunk carries. It ignores the actions: where even it is
+near 0.5 in (b) the perturbed observations look like ones training saw, and no score should be
+expected to flag them; where it is high the information is in the observation and a score that
+misses it is blind to it.
 
 (a) failed vs successful episodes (twogoal, closed loop): every chunk of ``--episodes`` seeded
 episodes, labelled by its episode's outcome (chunk level), each episode's mean score (episode
@@ -157,24 +159,13 @@ def _pusht_displacement(store, pixels: float) -> Callable:
     return displaced
 
 
-def _obs_features(obs: dict, span: dict) -> np.ndarray:
-    """(B, F) float32: each low-dim key's window (B, To, ...) divided by the key's range over the
-    store, flattened and concatenated in key order (images are left out)."""
-    return np.concatenate(
-        [(np.asarray(obs[k], np.float32) / span[k]).reshape(len(obs[k]), -1) for k in span], 1
-    )
-
-
-def nearest_train_distance(
-    train: np.ndarray, dataset, indices, *, seeds: int, first_seed: int, span: dict, transform=None
+def novelty_distance(
+    index, dataset, indices, *, seeds: int, first_seed: int, transform=None
 ) -> np.ndarray:
     """Distance from each window of ``dataset`` (``indices``, seed-major like
     ``window_values``, perturbed by ``transform`` with the same per-batch seeds) to its nearest
-    training window, in the features of :func:`_obs_features`: a detector that knows nothing
-    about actions, only which observations training saw (the reference column of (b))."""
-    import torch
-
-    ref = torch.from_numpy(train)
+    training window: the observation-novelty index's own distance (policies/novelty.py), which
+    knows nothing about actions, only which observations training saw."""
     out = []
     for seed in range(first_seed, first_seed + seeds):
         for start in range(0, len(indices), 256):  # window_values' batches and seeds
@@ -182,23 +173,8 @@ def nearest_train_distance(
             obs = {k: np.stack([np.asarray(item[k]) for item in items]) for k in items[0]}
             if transform is not None:
                 obs = transform(obs, seed * 1_000_003 + start)
-            q = torch.from_numpy(_obs_features(obs, span))
-            out.append(torch.cdist(q, ref).min(dim=1).values.numpy())
+            out.append(index.distance(obs))
     return np.concatenate(out)
-
-
-def train_features(store, policy, episodes, span: dict, max_windows: int = 20_000) -> np.ndarray:
-    """:func:`_obs_features` of up to ``max_windows`` windows of ``episodes`` (training's)."""
-    from ebt_policy.policies.calibrate_cli import window_subset
-
-    ds, idx = window_subset(policy, store, episodes, max_windows)
-    feats = []
-    for start in range(0, len(idx), 1024):
-        items = [ds[int(i)]["obs"] for i in idx[start : start + 1024]]
-        feats.append(
-            _obs_features({k: np.stack([np.asarray(it[k]) for it in items]) for k in span}, span)
-        )
-    return np.concatenate(feats)
 
 
 def scores(calibration, energy: np.ndarray, grad: np.ndarray) -> dict[str, np.ndarray]:
@@ -211,6 +187,7 @@ def perturbation_rows(task: str, spec: str, windows: int, seeds: int) -> list[li
     from ebt_policy.datasets import EpisodeStore
     from ebt_policy.policies.calibrate_cli import (
         calibrate,
+        calibrate_novelty,
         held_out_episodes,
         window_subset,
         window_values,
@@ -225,27 +202,16 @@ def perturbation_rows(task: str, spec: str, windows: int, seeds: int) -> list[li
     store = EpisodeStore.open(store_path, "r")
     episodes = held_out_episodes(read_checkpoint_config(run)["train_config"], store.n_episodes)
     ds, idx = window_subset(policy, store, episodes, windows)
-    from ebt_policy.datasets import compute_stats
-
-    low_dim = list(policy.low_dim_keys)
-    stats = compute_stats(store, keys=low_dim, write=False)
-    span = {
-        k: np.maximum(np.asarray(stats[k]["max"]) - np.asarray(stats[k]["min"]), 1e-6).astype(
-            np.float32
-        )
-        for k in low_dim
-    }
-    held = set(episodes)
-    train = train_features(
-        store, policy, [e for e in range(store.n_episodes) if e not in held], span
-    )
+    # the novelty index `ebt-policy calibrate --novelty` would store: training windows' bank,
+    # held-out quantiles (kept in memory; the distance's AUROC does not depend on them)
+    index = calibrate_novelty(run, store_path, write=False)
 
     def measure(transform=None) -> dict[str, np.ndarray]:
         # noise seeds 1.. (the calibration drew seed 0)
         e, g, _ = window_values(policy, ds, idx, seeds=seeds, first_seed=1, obs_transform=transform)
         out = scores(calibration, e, g)
-        out["knn_obs"] = nearest_train_distance(
-            train, ds, idx, seeds=seeds, first_seed=1, span=span, transform=transform
+        out["novelty"] = novelty_distance(
+            index, ds, idx, seeds=seeds, first_seed=1, transform=transform
         )
         return out
 
@@ -267,7 +233,7 @@ def perturbation_rows(task: str, spec: str, windows: int, seeds: int) -> list[li
             [f"{name} ({calibration.score}, {steps} steps)", pert, f"{base['score'].size}"]
             + [f"{a:.3f}" for a in aucs]
             + [f"{np.median(base['score']):.2f} / {np.median(perturbed['score']):.2f}"]
-            + [f"{auroc(base['knn_obs'], perturbed['knn_obs']):.3f}"]
+            + [f"{auroc(base['novelty'], perturbed['novelty']):.3f}"]
         )
     return rows
 
@@ -276,21 +242,24 @@ def twogoal_rows(spec: str, episodes: int, best_of: int = 1) -> list[list[str]]:
     from ebt_policy import load_policy
     from ebt_policy.envs.cli import checkpoint_metadata
     from ebt_policy.envs.runner import EvalConfig, evaluate
-    from ebt_policy.policies.calibrate_cli import calibrate
+    from ebt_policy.policies.calibrate_cli import calibrate, calibrate_novelty
 
     name, run, store_path, steps = parse_run(spec)
     calibration = calibrate(run, store_path, windows=2000, descent_steps=steps, write=False)
     policy = load_policy(run)
+    # every chunk records its observation novelty (the index in memory, the checkpoint unread)
+    policy.novelty = calibrate_novelty(run, store_path, write=False)
     policy.set_inference(descent_steps=steps)
     if best_of > 1:  # plans keep the lowest-energy candidate; the K candidates give a spread
         policy.set_engine(best_of=best_of)
     result = evaluate(policy, EvalConfig(metadata=checkpoint_metadata(run), episodes=episodes))
-    stats = ("score", "energy", "grad_norm") + (("spread",) if best_of > 1 else ())
+    stats = ("score", "energy", "grad_norm", "novelty") + (("spread",) if best_of > 1 else ())
 
     def episode_scores(chunks) -> dict[str, np.ndarray]:
         e = np.array([c.energy for c in chunks], np.float64)
         g = np.array([c.grad_norm for c in chunks], np.float64)
         out = scores(calibration, e, g)
+        out["novelty"] = np.array([c.novelty for c in chunks], np.float64)
         if best_of > 1:
             out["spread"] = np.array([c.spread for c in chunks], np.float64)
         return out
@@ -311,7 +280,7 @@ def twogoal_rows(spec: str, episodes: int, best_of: int = 1) -> list[list[str]]:
         f", best of {best_of})" if best_of > 1 else ")"
     )
     if not n_ok or not n_fail:
-        return [[label, f"{n_ok}/{episodes} succeed: no AUROC", "", "", "", "", ""]]
+        return [[label, f"{n_ok}/{episodes} succeed: no AUROC", "", "", "", "", "", ""]]
 
     def gather(group: dict, flat: bool) -> dict[str, dict[bool, np.ndarray]]:
         if flat:
@@ -330,6 +299,7 @@ def twogoal_rows(spec: str, episodes: int, best_of: int = 1) -> list[list[str]]:
             [label, cond, f"{size}"]
             + [f"{auroc(g[s][True], g[s][False]):.3f}" for s in ("score", "energy", "grad_norm")]
             + [f"{np.median(g['score'][True]):.2f} / {np.median(g['score'][False]):.2f}"]
+            + [f"{auroc(g['novelty'][True], g['novelty'][False]):.3f}"]
             + ([f"{auroc(g['spread'][True], g['spread'][False]):.3f}"] if best_of > 1 else [])
         )
     return rows
@@ -377,10 +347,9 @@ def main() -> None:
         if not specs:
             continue
         table = Table(title=title)
-        if specs is not args.twogoal:
-            extra = ["AUROC obs kNN (reference)"]
-        else:
-            extra = [f"AUROC spread (best of {args.best_of})"] if args.best_of > 1 else []
+        extra = ["AUROC novelty (obs only)"]
+        if specs is args.twogoal and args.best_of > 1:
+            extra.append(f"AUROC spread (best of {args.best_of})")
         for col in [*columns, f"median score {median_label}", *extra]:
             table.add_column(col)
         for spec in specs:

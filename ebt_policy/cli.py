@@ -46,7 +46,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ),
     ("calibrate",): (
         "ebt_policy.policies.calibrate_cli:main",
-        "Calibrate a checkpoint's uncertainty on held-out demos.",
+        "Calibrate a checkpoint's uncertainty (energy quantiles, observation novelty) on "
+        "held-out demos.",
     ),
     ("record",): ("ebt_policy.record.cli:main", "Record teleoperated demonstrations on a robot."),
     ("deploy",): ("ebt_policy.deploy.cli:main", "Run a trained policy on a robot in real time."),

@@ -192,3 +192,30 @@ def test_energy_quantile_flags_are_refused_before_anything_runs(
     err = capsys.readouterr().err
     assert why in err and len(err.strip().splitlines()) == 1
     assert not store.exists()
+
+
+def test_a_novelty_threshold_stops_on_an_observation_unlike_training(
+    tmp_path: Path, capsys
+) -> None:
+    from ebt_policy.envs import get_task
+    from ebt_policy.policies.novelty import LEVELS, NoveltyIndex, write_novelty
+
+    ckpt = _untrained_twogoal("mse", tmp_path / "mse")  # any policy: novelty reads the obs
+    argv = ["deploy", "--checkpoint", str(ckpt), "--robot", "sim:twogoal", "--rate", "50"]
+    argv += ["--duration", "0.4", "--energy-score", "novelty", "--energy-stop-quantile", "0.99"]
+    assert cli_main(argv) == 2  # no index yet: refused in one line
+    err = capsys.readouterr().err
+    assert "novelty.safetensors" in err and len(err.strip().splitlines()) == 1, err
+    # an index whose training windows all lie 1000 ranges away from the scene's observations
+    keys = get_task("twogoal").low_dim_keys
+    span = {k: np.ones(2, np.float32) for k in keys}
+    bank = np.full((8, 2 * 2 * len(keys)), 1000.0, np.float32)
+    write_novelty(NoveltyIndex(keys, span, 2, bank, list(np.linspace(0, 1, len(LEVELS)))), ckpt)
+    cli_main([*argv, "--log", str(tmp_path / "l")])
+    captured = capsys.readouterr()
+    assert "fault: energy" in captured.err + captured.out and "novelty" in captured.out
+    assert (tmp_path / "l").read_text() == ""  # the first chunk stopped it
+    # the threshold off, every tick logs the novelty of the chunk it came from
+    assert cli_main(argv[:-4] + ["--log", str(tmp_path / "l")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "l").read_text().splitlines()]
+    assert rows and all(r["novelty"] == 1.0 for r in rows if r["chunk"] >= 0)

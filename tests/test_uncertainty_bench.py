@@ -50,19 +50,20 @@ def test_perturbations_refuse_a_task_without_a_displacement():
         bench.perturbations("can", None)
 
 
-def test_nearest_train_distance_is_zero_on_training_windows_and_sees_the_transform():
+def test_novelty_distance_is_zero_on_training_windows_and_sees_the_transform():
+    from ebt_policy.policies.novelty import NoveltyIndex, window_features
+
     rng = np.random.default_rng(0)
     windows = [{"obs": {"a": rng.normal(size=(2, 3)).astype(np.float32)}} for _ in range(300)]
     span = {"a": np.full(3, 2.0, np.float32)}
-    train = np.stack([bench._obs_features({"a": w["obs"]["a"][None]}, span)[0] for w in windows])
+    bank = window_features({"a": np.stack([w["obs"]["a"] for w in windows])}, ["a"], span)
+    index = NoveltyIndex.build(["a"], span, 2, bank, bank[:10])
     idx = np.arange(0, 300, 7)
-    same = bench.nearest_train_distance(train, windows, idx, seeds=2, first_seed=1, span=span)
+    same = bench.novelty_distance(index, windows, idx, seeds=2, first_seed=1)
     assert same.shape == (2 * len(idx),) and np.all(same < 1e-3)  # cdist rounding
 
     def shift(obs, seed):  # the same seeds as window_values' batches
         return {"a": obs["a"] + 0.5}
 
-    moved = bench.nearest_train_distance(
-        train, windows, idx, seeds=1, first_seed=1, span=span, transform=shift
-    )
+    moved = bench.novelty_distance(index, windows, idx, seeds=1, first_seed=1, transform=shift)
     assert np.all(moved > 0.1) and bench.auroc(same, moved) == 1.0

@@ -72,7 +72,9 @@ class DeployArgs:
     """As --energy-stop, as a calibrated quantile (e.g. 0.99)."""
     energy_score: str = "energy"
     """What the --energy-* thresholds apply to: energy, or spread (the best-of-K candidates'
-    disagreement; needs --best-of >= 2, quantiles need `ebt-policy calibrate --best-of K`)."""
+    disagreement; needs --best-of >= 2, quantiles need `ebt-policy calibrate --best-of K`), or
+    novelty (how unlike every training observation the robot's is, in [0, 1]; any policy, needs
+    `ebt-policy calibrate --novelty`)."""
     warm_start: bool = False
     """EBT: start each plan's descent from the previous chunk shifted by the control steps
     since its newest frame (noise at an episode's start and for an energy re-plan)."""
@@ -84,6 +86,12 @@ class DeployArgs:
     cpp_wrapper: bool = False
     """EBT, with --compile: launch the compiled chunk from C++ (faster small models, a longer
     first compile)."""
+    action_offset: float | None = None
+    """Action i of a chunk is due (i + this) control periods after its observation's capture
+    time; actions whose time has passed when the chunk is ready are dropped. Default: the
+    robot's: 0 for hardware (as Diffusion Policy's real-robot loop: the first action is meant for
+    the capture instant, so after any latency it is dropped), 1 for sim:<task> (a stepped
+    simulator publishes the state the next tick's action acts on, as `eval` steps it)."""
     obs_latency: float = 0.0
     """Simulated robots: delay every observation by this many seconds."""
     drop_prob: float = 0.0
@@ -95,14 +103,18 @@ class DeployArgs:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.best_of < 1:
             raise ConfigError(f"--best-of must be >= 1, got {self.best_of}")
-        if self.energy_score not in ("energy", "spread"):
+        if self.energy_score not in ("energy", "spread", "novelty"):
             raise ConfigError(
-                f"--energy-score: expected energy or spread, got {self.energy_score!r}"
+                f"--energy-score: expected energy, spread or novelty, got {self.energy_score!r}"
             )
         if self.energy_score == "spread" and self.best_of < 2:
             raise ConfigError("--energy-score spread: needs --best-of K with K >= 2")
         if self.cpp_wrapper and not self.compile:
             raise ConfigError("--cpp-wrapper: needs --compile")
+        if self.action_offset is not None and not (
+            np.isfinite(self.action_offset) and self.action_offset >= 0
+        ):
+            raise ConfigError(f"--action-offset must be >= 0, got {self.action_offset}")
         if self.duration is not None and not self.duration > 0:
             raise ConfigError(f"--duration must be > 0, got {self.duration}")
         for name in ("scale", "replan", "stop"):
@@ -236,6 +248,11 @@ def main(argv: list[str]) -> int:
             warm_start=args.warm_start, best_of=args.best_of, compile=args.compile,
             cpp_wrapper=args.cpp_wrapper,
         )  # fmt: skip
+    if args.energy_score == "novelty" and policy.novelty is None:
+        raise ConfigError(
+            f"--energy-score novelty: {args.checkpoint} has no novelty.safetensors (run "
+            "`ebt-policy calibrate --novelty` on it)"
+        )
     energy = EnergyConfig(
         replan_steps=args.energy_replan_steps,
         statistic=args.energy_score,  # type: ignore[arg-type]
@@ -280,6 +297,7 @@ def main(argv: list[str]) -> int:
                     COMPILE_TIMEOUT_S if args.compile else LoopConfig.first_plan_timeout_s
                 ),
                 max_steps=int(args.duration * rate_hz) if args.duration else None,
+                action_offset=args.action_offset,
                 energy=energy,
                 safety=SafetyConfig(
                     max_step_accel=args.max_step_accel,
@@ -302,7 +320,8 @@ def main(argv: list[str]) -> int:
                     if recorder is not None:
                         recorder.end_episode()
                     if report.fault is not None:
-                        print(f"fault: {report.fault}; robot stopped, later episodes not run")
+                        why = f" ({report.fault_detail})" if report.fault_detail else ""
+                        print(f"fault: {report.fault}{why}; robot stopped, later episodes not run")
                         break
             finally:
                 loop.close()

@@ -16,6 +16,12 @@ the same thresholds to the best-of-K candidates' spread instead (``Chunk.spread`
 plans disagree), the statistic that warned earliest of failing ``can`` episodes (README); its
 quantile thresholds need a calibration measured with the same K (``ebt-policy calibrate
 --best-of K``).
+
+``statistic="novelty"`` (``--energy-score novelty``, a checkpoint with a ``novelty.safetensors``
+from ``ebt-policy calibrate --novelty``) applies them to the observation's novelty
+(``Chunk.novelty``, already a calibrated quantile in [0, 1] of held-out demonstration windows'
+distances to the training windows, so a threshold and a quantile threshold are the same number):
+the response to an observation unlike anything in training, whatever the planner says.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from ebt_policy.errors import ConfigError
 __all__ = ["EnergyConfig", "Response", "Statistic", "energy_at_quantile"]
 
 Response = Literal["use", "scale", "replan", "stop"]
-Statistic = Literal["energy", "spread"]
-STATISTICS = ("energy", "spread")
+Statistic = Literal["energy", "spread", "novelty"]
+STATISTICS = ("energy", "spread", "novelty")
 
 
 @dataclass
@@ -76,8 +82,8 @@ class EnergyConfig:
         return "use"
 
     def value(self, chunk: Any) -> float | None:
-        """The chunk's number the thresholds apply to (its energy or its spread)."""
-        return chunk.energy if self.statistic == "energy" else chunk.spread
+        """The chunk's number the thresholds apply to (its energy, spread or novelty)."""
+        return getattr(chunk, self.statistic)
 
 
 def energy_at_quantile(
@@ -91,6 +97,13 @@ def energy_at_quantile(
 
     if not (np.isfinite(quantile) and 0 < quantile <= 1):
         raise ConfigError(f"{flag}: expected a quantile in (0, 1], got {quantile}")
+    if statistic == "novelty":  # the novelty score is its own calibrated quantile
+        if getattr(policy, "novelty", None) is None:
+            raise ConfigError(
+                f"{flag}: the checkpoint has no novelty.safetensors (run `ebt-policy calibrate "
+                "--novelty` on it)"
+            )
+        return float(quantile)
     calibration = getattr(policy, "calibration", None)
     if calibration is None:
         raise ConfigError(

@@ -48,6 +48,7 @@ class Chunk:
     replanned: bool = False  # planned again because the first plan's energy was too high
     scale: float = 1.0  # fraction of each step to keep (the energy response "scale")
     spread: float | None = None  # best-of-K candidates' disagreement (None with one candidate)
+    novelty: float | None = None  # observation novelty in [0, 1] (None without an index)
 
 
 @dataclass
@@ -226,6 +227,7 @@ class InferenceWorker:
             t_ready=now,
             replanned=replanned,
             spread=record.spread,
+            novelty=record.novelty,
         )
 
     def _warm_start(self, t_obs: float, replanned: bool) -> None:

@@ -42,7 +42,9 @@ class LoopConfig:
 
     rate_hz: float | None = None  # default: the robot's control rate
     max_steps: int | None = None  # per episode; default: the robot's episode cap
-    action_offset: float = 0.0  # action i of a chunk is due at t_obs + (i + offset) * dt
+    # action i of a chunk is due at t_obs + (i + offset) * dt; default: the robot's
+    # spec.action_offset (1 for SimRobot, 0 for hardware), in this loop's periods
+    action_offset: float | None = None
     warmup_plans: int = 1  # plans before the first episode, excluded from latency statistics
     first_plan_timeout_s: float = 60.0  # the first (warm-up) plan may compile / load
     watchdog_hold_s: float | None = None  # default: 1.5 chunk durations without a fresh chunk
@@ -52,6 +54,8 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         check_positive(self, ("rate_hz", "watchdog_hold_s", "watchdog_stop_s"))
+        if self.action_offset is not None and not self.action_offset >= 0:
+            raise ConfigError(f"LoopConfig.action_offset: must be >= 0, got {self.action_offset}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"LoopConfig.max_steps: must be >= 1, got {self.max_steps}")
 
@@ -76,6 +80,7 @@ class StepLog:
     action: np.ndarray  # what was sent
     events: list[str]
     spread: float | None = None  # that chunk's best-of-K spread (None with one candidate)
+    novelty: float | None = None  # that chunk's observation novelty (None without an index)
 
 
 @dataclass
@@ -90,6 +95,7 @@ class EpisodeReport:
     events: Counter[str]
     latencies_s: list[float]  # per chunk, request to ready
     log: list[StepLog]
+    fault_detail: str = ""  # what tripped it (e.g. "chunk novelty 1 > 0.99")
 
     def periods(self) -> np.ndarray:
         """Seconds between consecutive ticks."""
@@ -120,6 +126,10 @@ class DeployLoop:
         self.watchdog_hold_s = cfg.watchdog_hold_s or 1.5 * chunk_s
         self.watchdog_stop_s = cfg.watchdog_stop_s or 2.5 * chunk_s
         self.max_steps = cfg.max_steps or robot.spec.max_episode_steps
+        offset = cfg.action_offset
+        if offset is None:  # the robot's, in its periods, converted to this loop's
+            offset = robot.spec.action_offset * self.rate_hz / robot.spec.control_hz
+        self.action_offset = float(offset)
         self.policy = policy
         self.on_step = on_step
         self.steady_latencies: list[float] = []  # after warm-up: what the scheduling uses
@@ -155,6 +165,7 @@ class DeployLoop:
         self.robot.stop()  # the episode's end
         if self.safety.fault is not None:
             report.fault = self.safety.fault.reason
+            report.fault_detail = self.safety.fault.detail
         return report
 
     def close(self) -> None:
@@ -179,7 +190,7 @@ class DeployLoop:
         the plan and the frame it started from."""
         if self._worker is None:
             keys = [k for k in self.robot.spec.obs_keys if k in obs]
-            self._worker = InferenceWorker(self.policy, self.dt, self.config.action_offset, keys)
+            self._worker = InferenceWorker(self.policy, self.dt, self.action_offset, keys)
         worker = self._worker
         n_warm = 0 if self._warm else self.config.warmup_plans
         result = None
@@ -345,6 +356,7 @@ class DeployLoop:
             action=np.asarray(action, np.float64).copy(),
             events=events,
             spread=chunk.spread if chunk is not None else None,
+            novelty=chunk.novelty if chunk is not None else None,
         )
         report.log.append(entry)
         if self.on_step is not None:

@@ -35,6 +35,12 @@ class RobotSpec:
     # "delta": actions are velocities / increments (zero = stay); "absolute": targets
     action_kind: Literal["delta", "absolute"] = "absolute"
     max_episode_steps: int | None = None  # where an episode ends when the robot cannot tell
+    # control periods from a frame's timestamp to the tick whose action first acts on the state
+    # it shows: 0 for hardware (a frame is the state at its capture instant, so a chunk's first
+    # action is meant for then, and is dropped after any latency); 1 for a stepped simulator,
+    # which integrates a whole period at a tick and publishes the state it reached at once, a
+    # period before the next action acts on it (the deploy loop's default action_offset)
+    action_offset: float = 0.0
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)`` float64 arrays of shape (action_dim,)."""

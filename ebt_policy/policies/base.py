@@ -45,6 +45,10 @@ class ChunkPrediction:
     # (B,) with best-of-K planning: how far the K candidates lie from their mean (RMS,
     # normalised action units), the planner's own disagreement; None otherwise
     spread: np.ndarray | None = None
+    # (B,) in [0, 1], higher = the observation window lies farther from every training window
+    # than held-out demonstration windows do (policies/novelty.py); None without an index
+    # (`ebt-policy calibrate --novelty`). Depends on the observation only, not on the planner
+    novelty: np.ndarray | None = None
     latency_s: float = 0.0  # wall time of this prediction
     extra: dict[str, Any] = field(default_factory=dict)
 

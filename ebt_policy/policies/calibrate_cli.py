@@ -192,6 +192,111 @@ def calibrate(
     return calibration
 
 
+def _window_features(dataset: Any, indices: Sequence[int], index_args: dict) -> np.ndarray:
+    """Novelty features (policies/novelty.py) of windows ``indices`` of a WindowDataset."""
+    from ebt_policy.policies.novelty import window_features
+
+    keys, span = index_args["keys"], index_args["span"]
+    out = []
+    for start in range(0, len(indices), 1024):
+        items = [dataset[int(i)]["obs"] for i in indices[start : start + 1024]]
+        obs = {k: np.stack([np.asarray(item[k]) for item in items]) for k in keys}
+        out.append(window_features(obs, keys, span))
+    return np.concatenate(out)
+
+
+def calibrate_novelty(
+    checkpoint: str | Path,
+    dataset: str | Path,
+    *,
+    windows: int = 2000,
+    bank_windows: int = 20_000,
+    episodes: Sequence[int] | None = None,
+    write: bool = True,
+) -> Any:
+    """Build (and by default write) the observation-novelty index of ``checkpoint``
+    (:class:`~ebt_policy.policies.novelty.NoveltyIndex`, any policy with low-dim observations).
+
+    The bank holds at most ``bank_windows`` windows evenly spaced over the episodes training
+    used; the quantiles come from at most ``windows`` windows of the held-out ones (training's
+    seeded split, or ``episodes``: then the bank is every other episode).
+
+    Raises:
+        ConfigError / DatasetError / CheckpointError: one line naming the flag, store or file.
+    """
+    from ebt_policy.datasets import EpisodeStore, WindowDataset, compute_stats
+    from ebt_policy.policies.checkpoint import (
+        load_policy,
+        read_checkpoint_config,
+        resolve_checkpoint_dir,
+    )
+    from ebt_policy.policies.novelty import NoveltyIndex, write_novelty
+
+    if windows < 1 or bank_windows < 1:
+        raise ConfigError(
+            f"--windows and --novelty-windows must be >= 1, got {windows}, {bank_windows}"
+        )
+    directory = resolve_checkpoint_dir(checkpoint)
+    config = read_checkpoint_config(directory)
+    policy = load_policy(directory, calibration=False)
+    keys = list(policy.low_dim_keys)
+    if not keys:
+        raise ConfigError(
+            f"{directory}: --novelty needs low-dimensional observations; this policy reads "
+            f"only images {list(policy.rgb_keys)}"
+        )
+    store = EpisodeStore.open(dataset, "r")
+    missing = [k for k in keys if k not in store.keys]
+    if missing:
+        raise DatasetError(f"{dataset}: has no key {missing[0]!r} that {directory} reads")
+    if episodes is None:
+        episodes = held_out_episodes(config["train_config"], store.n_episodes)
+        if not episodes:
+            raise DatasetError(
+                f"{dataset}: training held out no episode of this store (val_fraction "
+                f"{config['train_config'].get('val_fraction', 0)}); name some with --episodes"
+            )
+    bad = [e for e in episodes if not 0 <= e < store.n_episodes]
+    if bad:
+        raise DatasetError(f"{dataset}: --episodes {bad} not in 0..{store.n_episodes - 1}")
+    held = {int(e) for e in episodes}
+    train = [e for e in range(store.n_episodes) if e not in held]
+    if not train:
+        raise DatasetError(f"{dataset}: no episode is left for the bank besides --episodes")
+    stats = compute_stats(store, keys=keys, write=False)
+    span = {
+        k: np.maximum(np.asarray(stats[k]["max"]) - np.asarray(stats[k]["min"]), 1e-6) for k in keys
+    }
+    features = {"keys": keys, "span": span}
+    To = policy.n_obs_steps
+
+    def subset(eps: list[int], n: int) -> np.ndarray:
+        ds = WindowDataset(store, keys, n_obs_steps=To, horizon=policy.horizon, episodes=eps)
+        idx = np.unique(np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int))
+        return _window_features(ds, idx, features)
+
+    bank = subset(train, bank_windows)
+    held_out = subset(sorted(held), windows)
+    index = NoveltyIndex.build(
+        keys,
+        span,
+        To,
+        bank,
+        held_out,
+        info={
+            "dataset": str(dataset),
+            "store_episodes": store.n_episodes,
+            "bank_episodes": len(train),
+            "bank_windows": len(bank),
+            "episodes": sorted(held),
+            "windows": len(held_out),
+        },
+    )
+    if write:
+        write_novelty(index, directory)
+    return index
+
+
 @dataclass
 class CalibrateArgs:
     """Measure the uncertainty calibration of an EBT checkpoint on held-out demonstrations."""
@@ -214,6 +319,12 @@ class CalibrateArgs:
     best_of: int = 1
     """Plan best-of-K (as eval/deploy --best-of K); scores apply to that K only."""
     batch_size: int = 256
+    novelty: bool = False
+    """Also build the observation-novelty index (novelty.safetensors: the nearest training
+    window's distance, calibrated on the held-out windows); the only step for policies without
+    an energy (mse, diffusion)."""
+    novelty_windows: int = 20_000
+    """--novelty: at most this many training windows in the index (evenly spaced)."""
 
 
 def parse_episodes(text: str | None) -> list[int] | None:
@@ -232,17 +343,57 @@ def parse_episodes(text: str | None) -> list[int] | None:
 def main(argv: list[str]) -> int:
     """Entry point of `ebt-policy calibrate`."""
     from ebt_policy.cli import parse_flags
+    from ebt_policy.policies.checkpoint import read_checkpoint_config, resolve_checkpoint_dir
+
+    args = parse_flags(CalibrateArgs, argv, prog="ebt-policy calibrate")
+    directory = resolve_checkpoint_dir(args.checkpoint)
+    episodes = parse_episodes(args.episodes)
+    if args.novelty and args.novelty_windows < 1:  # refuse before anything is written
+        raise ConfigError(f"--novelty-windows must be >= 1, got {args.novelty_windows}")
+    name = read_checkpoint_config(directory)["policy"]["name"]
+    if name != "ebt" and not args.novelty:
+        raise ConfigError(
+            f"{directory}: a {name!r} policy has no energy to calibrate (--novelty builds its "
+            "observation-novelty index)"
+        )
+    index = None
+    if args.novelty:  # built first: a refused index leaves calibration.json as it was
+        index = calibrate_novelty(
+            directory,
+            args.dataset,
+            windows=args.windows,
+            bank_windows=args.novelty_windows,
+            episodes=episodes,
+            write=False,
+        )
+    if name == "ebt":
+        _calibrate_energy(args, episodes)
+    if index is not None:
+        from ebt_policy.policies.novelty import LEVELS, write_novelty
+
+        q, info = index.quantiles, index.info
+        print(
+            f"novelty index: {info['bank_windows']} training windows of "
+            f"{info['bank_episodes']} episodes (keys {list(index.keys)}), calibrated on "
+            f"{info['windows']} held-out windows; nearest-window distance p1 "
+            f"{q[LEVELS.index(0.01)]:.4g}  p50 {q[LEVELS.index(0.5)]:.4g}  p99 "
+            f"{q[LEVELS.index(0.99)]:.4g}"
+        )
+        print(f"wrote {write_novelty(index, directory)}")
+    return 0
+
+
+def _calibrate_energy(args: CalibrateArgs, episodes: list[int] | None) -> None:
     from ebt_policy.policies.calibration import CALIBRATION_NAME
     from ebt_policy.policies.checkpoint import resolve_checkpoint_dir
 
-    args = parse_flags(CalibrateArgs, argv, prog="ebt-policy calibrate")
     calibration = calibrate(
         args.checkpoint,
         args.dataset,
         windows=args.windows,
         seeds=args.seeds,
         score=args.score,
-        episodes=parse_episodes(args.episodes),
+        episodes=episodes,
         descent_steps=args.descent_steps,
         best_of=args.best_of,
         batch_size=args.batch_size,
@@ -258,4 +409,3 @@ def main(argv: list[str]) -> int:
         q = calibration.quantiles[name]
         print(f"  {name:<10} p1 {q[1]:.4g}  p50 {q[50]:.4g}  p99 {q[99]:.4g}")
     print(f"wrote {resolve_checkpoint_dir(args.checkpoint) / CALIBRATION_NAME}")
-    return 0

@@ -12,6 +12,8 @@ Layout of a checkpoint directory::
     model.safetensors    the policy's state_dict (EMA weights, normaliser buffers included)
     calibration.json     optional: uncertainty quantiles (`ebt-policy calibrate`; loaded into
                          ``policy.calibration``, see policies/calibration.py)
+    novelty.safetensors  optional: observation-novelty index (`ebt-policy calibrate --novelty`;
+                         loaded into ``policy.novelty``, see policies/novelty.py)
     training_state/      optimiser, scheduler, EMA, RNG, data position (training only)
 
 ``load_policy`` accepts a run directory (``RUN_DIR`` -> ``RUN_DIR/checkpoints/last``), the
@@ -32,6 +34,7 @@ from ebt_policy.errors import CheckpointError, ConfigError
 from ebt_policy.models.shapes import ShapeMeta
 from ebt_policy.policies.calibration import read_calibration
 from ebt_policy.policies.factory import make_policy, policy_config_from_dict
+from ebt_policy.policies.novelty import NOVELTY_NAME, read_novelty
 from ebt_policy.policies.schema import (
     FORMAT_VERSION,
     check_checkpoint_config,
@@ -170,7 +173,11 @@ def _build_policy(config: dict[str, Any], config_path: Path) -> torch.nn.Module:
 
 
 def load_policy(
-    path: str | os.PathLike, device: str | torch.device = "cpu", *, calibration: bool = True
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    calibration: bool = True,
+    novelty: bool = True,
 ) -> torch.nn.Module:
     """Rebuild a policy from a checkpoint directory alone, in eval mode on ``device``.
 
@@ -179,6 +186,7 @@ def load_policy(
         device: where to put the policy (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         calibration: read ``calibration.json`` when there is one (False: ignore it, as
             ``ebt-policy calibrate`` does when it replaces one).
+        novelty: read ``novelty.safetensors`` when there is one (policies/novelty.py).
 
     Raises:
         CheckpointError: one line naming the missing, truncated or mismatched file.
@@ -218,6 +226,10 @@ def load_policy(
         raise CheckpointError(f"{weights_path}: does not match the config: {'; '.join(parts)}")
     # calibration.json (optional): the quantiles predict_chunk's `uncertainty` maps through
     policy.calibration = read_calibration(directory, weights_path) if calibration else None
+    # novelty.safetensors (optional): the observation-novelty index behind `novelty`
+    if novelty and (directory / NOVELTY_NAME).exists():
+        keys = getattr(policy, "low_dim_keys", None)
+        policy.novelty = read_novelty(directory, keys, getattr(policy, "n_obs_steps", None))
     policy.to(device)
     policy.eval()
     return policy

@@ -199,6 +199,9 @@ class ChunkPolicy(nn.Module, Policy):
             color_jitter=config.color_jitter,
         )
         self._row_generators: dict[int, torch.Generator] = {}
+        # observation novelty (policies/novelty.py), read by load_policy from the checkpoint's
+        # novelty.safetensors when it has one
+        self.novelty: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -323,10 +326,19 @@ class ChunkPolicy(nn.Module, Policy):
 
     # ------------------------------------------------------------------ output
     def chunk_prediction(
-        self, chunk: Tensor, steps: int | np.ndarray, t0: float, **fields: Any
+        self,
+        chunk: Tensor,
+        steps: int | np.ndarray,
+        t0: float,
+        obs_window: Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> ChunkPrediction:
         """Normalised chunk (B, Tp, Da) -> a ChunkPrediction in robot units; ``steps`` per
-        sample or one count for all, ``fields`` the rest (energy, grad_norm, uncertainty)."""
+        sample or one count for all, ``fields`` the rest (energy, grad_norm, uncertainty).
+        With a novelty index and the ``obs_window`` planned from, ``novelty`` is its score
+        (counted in ``latency_s``)."""
+        if self.novelty is not None and obs_window is not None:
+            fields["novelty"] = self.novelty.score(obs_window)
         with torch.no_grad():
             chunk = self.normalizer.unnormalize(ACTION_KEY, chunk)  # (B, Tp, Da)
         chunk_np = chunk.float().cpu().numpy()

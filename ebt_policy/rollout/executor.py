@@ -11,7 +11,8 @@ other rows do.
 
 Every planned chunk is reported as a :class:`Plan` to the ``on_plan`` hook: the rows, the policy's
 :class:`~ebt_policy.policies.base.ChunkPrediction` and one :class:`ChunkRecord` per row (episode
-step, energy, descent steps, gradient norm, latency, spread, calibrated uncertainty).
+step, energy, descent steps, gradient norm, latency, spread, calibrated uncertainty, observation
+novelty).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ChunkRecord:
     batch: int  # how many rows that call planned for
     spread: float | None = None  # best-of-K candidates' disagreement (ChunkPrediction.spread)
     uncertainty: float | None = None  # calibrated score in [0, 1] (ChunkPrediction.uncertainty)
+    novelty: float | None = None  # observation novelty in [0, 1] (ChunkPrediction.novelty)
 
 
 @dataclass
@@ -194,6 +196,7 @@ class RolloutExecutor:
                     batch=len(rows),
                     spread=_scalar(pred.spread, i, float),
                     uncertainty=_scalar(pred.uncertainty, i, float),
+                    novelty=_scalar(pred.novelty, i, float),
                 )
             )
         self.n_plans += 1

@@ -69,6 +69,7 @@ class SimRobot(Robot):
             obs_keys=task_spec.obs_keys + tuple(cameras),
             action_kind=task_spec.action_kind,
             max_episode_steps=task_spec.max_episode_steps,
+            action_offset=1.0,  # a frame is the state the next tick's action acts on
         )
         self.obs_latency_s = float(obs_latency_s)
         self.drop_prob = float(drop_prob)

@@ -153,7 +153,7 @@ class DiffusionPolicy(ChunkPolicy):
         with torch.no_grad():
             context = self.denoiser.encode_context(self.frames(obs))
             chunk = self.sample(context, B, gens)
-        return self.chunk_prediction(chunk, self.config.schedule.sampler_steps, t0)
+        return self.chunk_prediction(chunk, self.config.schedule.sampler_steps, t0, obs_window)
 
 
 class DiffusionUnetPolicy(DiffusionPolicy):

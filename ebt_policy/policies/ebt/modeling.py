@@ -237,6 +237,7 @@ class EBTPolicy(ChunkPolicy):
             result.chunk,
             result.steps.cpu().numpy(),
             t0,
+            obs_window,
             energy=energy,
             grad_norm=grad_norm,
             uncertainty=uncertainty,

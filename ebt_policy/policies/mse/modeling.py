@@ -113,4 +113,4 @@ class MSEPolicy(ChunkPolicy):
         obs = self.obs_tensors(obs_window)
         with torch.no_grad():
             chunk = self.predict_normalized(obs).clamp(-1.0, 1.0)
-        return self.chunk_prediction(chunk, 1, t0)
+        return self.chunk_prediction(chunk, 1, t0, obs_window)
