@@ -205,14 +205,14 @@ def perturbation_rows(task: str, spec: str, windows: int, seeds: int) -> list[li
     # the novelty index `ebt-policy calibrate --novelty` would store: training windows' bank,
     # held-out quantiles (kept in memory; the distance's AUROC does not depend on them)
     index = calibrate_novelty(run, store_path, write=False)
+    index_deltas = calibrate_novelty(run, store_path, deltas=True, write=False)
 
     def measure(transform=None) -> dict[str, np.ndarray]:
         # noise seeds 1.. (the calibration drew seed 0)
         e, g, _ = window_values(policy, ds, idx, seeds=seeds, first_seed=1, obs_transform=transform)
         out = scores(calibration, e, g)
-        out["novelty"] = novelty_distance(
-            index, ds, idx, seeds=seeds, first_seed=1, transform=transform
-        )
+        for key, ix in (("novelty", index), ("novelty_deltas", index_deltas)):
+            out[key] = novelty_distance(ix, ds, idx, seeds=seeds, first_seed=1, transform=transform)
         return out
 
     base = measure()
@@ -233,12 +233,14 @@ def perturbation_rows(task: str, spec: str, windows: int, seeds: int) -> list[li
             [f"{name} ({calibration.score}, {steps} steps)", pert, f"{base['score'].size}"]
             + [f"{a:.3f}" for a in aucs]
             + [f"{np.median(base['score']):.2f} / {np.median(perturbed['score']):.2f}"]
-            + [f"{auroc(base['novelty'], perturbed['novelty']):.3f}"]
+            + [f"{auroc(base[k], perturbed[k]):.3f}" for k in ("novelty", "novelty_deltas")]
         )
     return rows
 
 
-def twogoal_rows(spec: str, episodes: int, best_of: int = 1) -> list[list[str]]:
+def twogoal_rows(
+    spec: str, episodes: int, best_of: int = 1, deltas: bool = False
+) -> list[list[str]]:
     from ebt_policy import load_policy
     from ebt_policy.envs.cli import checkpoint_metadata
     from ebt_policy.envs.runner import EvalConfig, evaluate
@@ -248,7 +250,7 @@ def twogoal_rows(spec: str, episodes: int, best_of: int = 1) -> list[list[str]]:
     calibration = calibrate(run, store_path, windows=2000, descent_steps=steps, write=False)
     policy = load_policy(run)
     # every chunk records its observation novelty (the index in memory, the checkpoint unread)
-    policy.novelty = calibrate_novelty(run, store_path, write=False)
+    policy.novelty = calibrate_novelty(run, store_path, deltas=deltas, write=False)
     policy.set_inference(descent_steps=steps)
     if best_of > 1:  # plans keep the lowest-energy candidate; the K candidates give a spread
         policy.set_engine(best_of=best_of)
@@ -327,6 +329,12 @@ def main() -> None:
         help="(a) only: plan every chunk best-of-K and report the AUROC of the K candidates' "
         "spread too (the planner's own disagreement)",
     )
+    parser.add_argument(
+        "--novelty-deltas",
+        action="store_true",
+        help="(a) only: the novelty index also compares frame-to-frame changes "
+        "(calibrate --novelty-deltas); (b) always reports both",
+    )
     args = parser.parse_args()
     if not args.lift and not args.pusht and not args.twogoal:
         parser.error("give runs with --lift, --pusht and/or --twogoal NAME=RUN:STORE:STEPS")
@@ -347,7 +355,10 @@ def main() -> None:
         if not specs:
             continue
         table = Table(title=title)
-        extra = ["AUROC novelty (obs only)"]
+        if specs is args.twogoal:
+            extra = ["AUROC novelty" + (" (+ frame changes)" if args.novelty_deltas else "")]
+        else:
+            extra = ["AUROC novelty distance", "AUROC novelty + frame changes"]
         if specs is args.twogoal and args.best_of > 1:
             extra.append(f"AUROC spread (best of {args.best_of})")
         for col in [*columns, f"median score {median_label}", *extra]:
@@ -357,7 +368,7 @@ def main() -> None:
                 task = "lift" if specs is args.lift else "pusht"
                 rows = perturbation_rows(task, spec, args.windows, args.seeds)
             else:
-                rows = twogoal_rows(spec, args.episodes, args.best_of)
+                rows = twogoal_rows(spec, args.episodes, args.best_of, args.novelty_deltas)
             for row in rows:
                 verdict = "-" if not row[3] else "PASS" if float(row[3]) >= TARGET_AUROC else "MISS"
                 table.add_row(*row[:6], verdict, *row[6:])

@@ -186,3 +186,33 @@ def test_running_a_policy_with_novelty_imports_no_store(store: Path, tmp_path: P
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_frame_changes_make_frozen_frames_novel_where_the_demos_always_move(
+    tmp_path: Path,
+) -> None:
+    """A window whose two frames are equal looks like training by position alone; with the
+    frame changes in the features (``--novelty-deltas``) it is farther than every held-out
+    window when every demonstration moves at each step."""
+    from ebt_policy.datasets import EpisodeStore
+
+    path = tmp_path / "moving.zarr"
+    rng = np.random.default_rng(1)
+    s = EpisodeStore.create(path, {"task": {"name": "toy", "env_kwargs": {}}})
+    for _ in range(EPISODES):
+        t = np.arange(STEPS, dtype=np.float32)[:, None]
+        state = rng.uniform(-0.1, 0.1, 4) + 0.03 * t * np.array([1, -1, 0.5, 0], np.float32)
+        s.add_episode({"state": state.astype(np.float32), "action": state[:, :2].copy()})
+    ckpt = _untrained("mse", tmp_path / "mse")
+    plain = calibrate_novelty(ckpt, path, episodes=[6, 7], write=False)
+    moving = calibrate_novelty(ckpt, path, episodes=[6, 7], deltas=True)  # written
+    held = _windows(path, [6, 7])
+    # frozen past the first steps (an episode's start is padded with its first frame: at rest)
+    late = np.concatenate([np.arange(8, STEPS - 1), STEPS - 1 + np.arange(8, STEPS - 1)])
+    frozen = {"state": np.repeat(held["state"][late, :1], 2, axis=1)}
+    assert float(np.median(plain.score(frozen))) < 1.0  # positions alone: looks like training
+    assert np.all(moving.score(frozen) == 1.0)
+    assert 0.3 < float(np.median(moving.score(held))) < 0.7
+    reloaded = load_policy(ckpt).novelty  # the frame-change ranges are stored too
+    np.testing.assert_array_equal(reloaded.score(frozen), moving.score(frozen))
+    np.testing.assert_array_equal(reloaded.score(held), moving.score(held))

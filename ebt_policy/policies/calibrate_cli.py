@@ -192,17 +192,14 @@ def calibrate(
     return calibration
 
 
-def _window_features(dataset: Any, indices: Sequence[int], index_args: dict) -> np.ndarray:
-    """Novelty features (policies/novelty.py) of windows ``indices`` of a WindowDataset."""
-    from ebt_policy.policies.novelty import window_features
-
-    keys, span = index_args["keys"], index_args["span"]
-    out = []
+def _raw_windows(dataset: Any, indices: Sequence[int], keys: Sequence[str]) -> dict:
+    """key -> (len(indices), To, ...) observation windows ``indices`` of a WindowDataset."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for start in range(0, len(indices), 1024):
         items = [dataset[int(i)]["obs"] for i in indices[start : start + 1024]]
-        obs = {k: np.stack([np.asarray(item[k]) for item in items]) for k in keys}
-        out.append(window_features(obs, keys, span))
-    return np.concatenate(out)
+        for k in keys:
+            parts[k].append(np.stack([np.asarray(item[k], np.float32) for item in items]))
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def calibrate_novelty(
@@ -212,6 +209,7 @@ def calibrate_novelty(
     windows: int = 2000,
     bank_windows: int = 20_000,
     episodes: Sequence[int] | None = None,
+    deltas: bool = False,
     write: bool = True,
 ) -> Any:
     """Build (and by default write) the observation-novelty index of ``checkpoint``
@@ -219,7 +217,8 @@ def calibrate_novelty(
 
     The bank holds at most ``bank_windows`` windows evenly spaced over the episodes training
     used; the quantiles come from at most ``windows`` windows of the held-out ones (training's
-    seeded split, or ``episodes``: then the bank is every other episode).
+    seeded split, or ``episodes``: then the bank is every other episode). ``deltas`` adds the
+    frame-to-frame changes to the features, in units of their own range over the bank.
 
     Raises:
         ConfigError / DatasetError / CheckpointError: one line naming the flag, store or file.
@@ -230,7 +229,12 @@ def calibrate_novelty(
         read_checkpoint_config,
         resolve_checkpoint_dir,
     )
-    from ebt_policy.policies.novelty import NoveltyIndex, write_novelty
+    from ebt_policy.policies.novelty import (
+        NoveltyIndex,
+        delta_range,
+        window_features,
+        write_novelty,
+    )
 
     if windows < 1 or bank_windows < 1:
         raise ConfigError(
@@ -267,16 +271,19 @@ def calibrate_novelty(
     span = {
         k: np.maximum(np.asarray(stats[k]["max"]) - np.asarray(stats[k]["min"]), 1e-6) for k in keys
     }
-    features = {"keys": keys, "span": span}
     To = policy.n_obs_steps
+    if deltas and To < 2:
+        raise ConfigError(f"--novelty-deltas: needs windows of >= 2 frames; {directory} reads {To}")
 
-    def subset(eps: list[int], n: int) -> np.ndarray:
+    def subset(eps: list[int], n: int) -> dict:
         ds = WindowDataset(store, keys, n_obs_steps=To, horizon=policy.horizon, episodes=eps)
         idx = np.unique(np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int))
-        return _window_features(ds, idx, features)
+        return _raw_windows(ds, idx, keys)
 
-    bank = subset(train, bank_windows)
-    held_out = subset(sorted(held), windows)
+    bank_raw = subset(train, bank_windows)
+    delta_span = delta_range(bank_raw, span) if deltas else None
+    bank = window_features(bank_raw, keys, span, delta_span)
+    held_out = window_features(subset(sorted(held), windows), keys, span, delta_span)
     index = NoveltyIndex.build(
         keys,
         span,
@@ -291,6 +298,7 @@ def calibrate_novelty(
             "episodes": sorted(held),
             "windows": len(held_out),
         },
+        delta_span=delta_span,
     )
     if write:
         write_novelty(index, directory)
@@ -325,6 +333,9 @@ class CalibrateArgs:
     an energy (mse, diffusion)."""
     novelty_windows: int = 20_000
     """--novelty: at most this many training windows in the index (evenly spaced)."""
+    novelty_deltas: bool = False
+    """--novelty: compare the frame-to-frame changes too, each in units of its own range over
+    the training windows (motion the frames' ranges hide: frozen frames, jitter)."""
 
 
 def parse_episodes(text: str | None) -> list[int] | None:
@@ -348,6 +359,8 @@ def main(argv: list[str]) -> int:
     args = parse_flags(CalibrateArgs, argv, prog="ebt-policy calibrate")
     directory = resolve_checkpoint_dir(args.checkpoint)
     episodes = parse_episodes(args.episodes)
+    if args.novelty_deltas and not args.novelty:
+        raise ConfigError("--novelty-deltas: needs --novelty")
     if args.novelty and args.novelty_windows < 1:  # refuse before anything is written
         raise ConfigError(f"--novelty-windows must be >= 1, got {args.novelty_windows}")
     name = read_checkpoint_config(directory)["policy"]["name"]
@@ -364,6 +377,7 @@ def main(argv: list[str]) -> int:
             windows=args.windows,
             bank_windows=args.novelty_windows,
             episodes=episodes,
+            deltas=args.novelty_deltas,
             write=False,
         )
     if name == "ebt":
@@ -374,7 +388,8 @@ def main(argv: list[str]) -> int:
         q, info = index.quantiles, index.info
         print(
             f"novelty index: {info['bank_windows']} training windows of "
-            f"{info['bank_episodes']} episodes (keys {list(index.keys)}), calibrated on "
+            f"{info['bank_episodes']} episodes (keys {list(index.keys)}"
+            f"{', with frame changes' if index.delta_span is not None else ''}), calibrated on "
             f"{info['windows']} held-out windows; nearest-window distance p1 "
             f"{q[LEVELS.index(0.01)]:.4g}  p50 {q[LEVELS.index(0.5)]:.4g}  p99 "
             f"{q[LEVELS.index(0.99)]:.4g}"

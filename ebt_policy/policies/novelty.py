@@ -38,10 +38,15 @@ LEVELS = tuple(i / 100 for i in range(101))  # the stored quantile levels, 0..10
 
 
 def window_features(
-    obs: Mapping[str, Any], keys: Sequence[str], span: Mapping[str, Any]
+    obs: Mapping[str, Any],
+    keys: Sequence[str],
+    span: Mapping[str, Any],
+    delta_span: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """(B, F) float32: each of ``keys``' windows (B, To, ...) divided by the key's range
-    ``span[key]`` (broadcast over its last dimensions), flattened and concatenated in order."""
+    ``span[key]`` (broadcast over its last dimensions), flattened; with ``delta_span`` also the
+    To - 1 changes between consecutive frames divided by ``delta_span[key]`` (the range of one
+    step's change); key by key, concatenated in order."""
     parts = []
     for key in keys:
         value = obs[key]
@@ -49,7 +54,23 @@ def window_features(
             value = value.detach().cpu().numpy()
         value = np.asarray(value, np.float32)
         parts.append((value / np.asarray(span[key], np.float32)).reshape(len(value), -1))
+        if delta_span is not None:
+            step = (value[:, 1:] - value[:, :-1]) / np.asarray(delta_span[key], np.float32)
+            parts.append(step.reshape(len(value), -1))
     return np.concatenate(parts, axis=1)
+
+
+def delta_range(windows: Mapping[str, np.ndarray], span: Mapping[str, Any]) -> dict:
+    """key -> the 1st-to-99th percentile range of one frame-to-frame change in ``windows``
+    (key -> (N, To >= 2, ...)), per component, at least 1e-3 of the key's ``span``."""
+    out = {}
+    for key, value in windows.items():
+        value = np.asarray(value, np.float64)
+        step = (value[:, 1:] - value[:, :-1]).reshape(-1, *value.shape[2:])
+        lo, hi = np.quantile(step, [0.01, 0.99], axis=0)
+        floor = np.maximum(1e-3 * np.asarray(span[key], np.float64), 1e-6)
+        out[key] = np.maximum(hi - lo, floor).astype(np.float32)
+    return out
 
 
 def nearest_distance(queries: np.ndarray, bank: np.ndarray, block: int = 4096) -> np.ndarray:
@@ -75,6 +96,9 @@ class NoveltyIndex:
         keys: the low-dimensional observation keys, in feature order.
         span: key -> its range over the store (max - min, at least 1e-6), shape of one frame.
         n_obs_steps: frames per window (To) the bank was built with.
+        delta_span: key -> the range of one frame-to-frame change, or None: with it the
+            features also hold the changes between consecutive frames in those units (motion
+            that the frames' ranges would hide: frozen frames, jitter).
         bank: (N, F) float32 training-window features.
         quantiles: the held-out windows' nearest-bank distances at :data:`LEVELS`.
         info: where the bank and the quantiles came from, for people.
@@ -86,6 +110,7 @@ class NoveltyIndex:
     bank: np.ndarray
     quantiles: list[float]
     info: dict[str, Any] = field(default_factory=dict)
+    delta_span: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.keys = tuple(self.keys)
@@ -95,14 +120,23 @@ class NoveltyIndex:
         if missing:
             raise ConfigError(f"novelty index span: missing key(s) {missing}")
         self.span = {k: np.asarray(self.span[k], np.float32) for k in self.keys}
+        if self.delta_span is not None:
+            missing = [k for k in self.keys if k not in self.delta_span]
+            if missing:
+                raise ConfigError(f"novelty index delta_span: missing key(s) {missing}")
+            if self.n_obs_steps < 2:
+                raise ConfigError("novelty index: frame changes need windows of >= 2 frames")
+            self.delta_span = {k: np.asarray(self.delta_span[k], np.float32) for k in self.keys}
         self.bank = np.ascontiguousarray(self.bank, np.float32)
         if self.bank.ndim != 2 or len(self.bank) == 0:
             raise ConfigError(f"novelty index bank: expected (N >= 1, F), got {self.bank.shape}")
-        width = sum(self.n_obs_steps * int(np.prod(self.span[k].shape or (1,))) for k in self.keys)
+        frames = 2 * self.n_obs_steps - 1 if self.delta_span is not None else self.n_obs_steps
+        width = sum(frames * int(np.prod(self.span[k].shape or (1,))) for k in self.keys)
         if self.bank.shape[1] != width:
             raise ConfigError(
                 f"novelty index bank: {self.bank.shape[1]} features, expected {width} "
-                f"(keys {list(self.keys)} x {self.n_obs_steps} frames)"
+                f"(keys {list(self.keys)} x {self.n_obs_steps} frames"
+                + (" and their changes)" if self.delta_span is not None else ")")
             )
         q = np.asarray(self.quantiles, np.float64)
         if q.shape != (len(LEVELS),) or not np.isfinite(q).all() or (np.diff(q) < 0).any():
@@ -116,7 +150,7 @@ class NoveltyIndex:
         missing = [k for k in self.keys if k not in obs_window]
         if missing:
             raise ConfigError(f"observation window: missing key(s) {missing} (novelty index)")
-        return window_features(obs_window, self.keys, self.span)
+        return window_features(obs_window, self.keys, self.span, self.delta_span)
 
     def distance(self, obs_window: Mapping[str, Any]) -> np.ndarray:
         """(B,) distance from each window to its nearest training window."""
@@ -140,6 +174,7 @@ class NoveltyIndex:
         bank: np.ndarray,
         held_out: np.ndarray,
         info: dict[str, Any] | None = None,
+        delta_span: Mapping[str, Any] | None = None,
     ) -> NoveltyIndex:
         """The index of training features ``bank`` (N, F), calibrated on held-out features
         ``held_out`` (M >= 1, F)."""
@@ -153,6 +188,7 @@ class NoveltyIndex:
             bank=bank,
             quantiles=[float(x) for x in np.quantile(distances.astype(np.float64), LEVELS)],
             info=dict(info or {}),
+            delta_span=None if delta_span is None else {k: delta_span[k] for k in keys},
         )
 
 
@@ -165,6 +201,9 @@ def write_novelty(index: NoveltyIndex, directory: str | os.PathLike) -> Path:
     tensors = {"bank": torch.from_numpy(index.bank)}
     for i, key in enumerate(index.keys):
         tensors[f"span.{i}"] = torch.from_numpy(np.ascontiguousarray(index.span[key]))
+        if index.delta_span is not None:
+            delta = np.ascontiguousarray(index.delta_span[key])
+            tensors[f"delta_span.{i}"] = torch.from_numpy(delta)
     metadata = {
         "version": str(NOVELTY_VERSION),
         "keys": json.dumps(list(index.keys)),
@@ -219,6 +258,11 @@ def read_novelty(
             bank=tensors["bank"],
             quantiles=json.loads(meta["quantiles"]),
             info=json.loads(meta.get("info", "{}")),
+            delta_span=(
+                {k: tensors[f"delta_span.{i}"] for i, k in enumerate(stored_keys)}
+                if "delta_span.0" in names
+                else None
+            ),
         )
     except CheckpointError:
         raise
